@@ -1,0 +1,565 @@
+"""Resilience policies as plain data.
+
+A `StepPolicy` says what one step does when it fails; a `WorkflowPolicy` says
+how a run judges its steps and which step policies override the decorators.
+Both accept the originating design's camelCase names (`failurePolicy`,
+`maxRetries`, ...) next to the snake_case ones, and reject unknown keys, so a
+typo is an error instead of a silently ignored setting.
+
+This module has no Prefect import: it is validated and tested on its own.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from prefect_resilience.errors import ResilienceConfigError
+
+MAX_RETRY_DELAYS = 50
+"""Prefect accepts at most 50 retry delays per task; later attempts reuse the last."""
+
+
+class FailurePolicy(StrEnum):
+    """What happens once a step has failed for good (its retries are exhausted)."""
+
+    FAIL_FAST = "fail_fast"
+    CONTINUE = "continue"
+    PARTIAL_SUCCESS = "partial_success"
+    GRACEFUL_DEGRADATION = "graceful_degradation"
+
+
+class FailureImpact(StrEnum):
+    """How much a step's failure weighs in the run's health score."""
+
+    CRITICAL = "critical"
+    MAJOR = "major"
+    MINOR = "minor"
+    NEGLIGIBLE = "negligible"
+
+
+class FailureAction(StrEnum):
+    """The decision taken about one failure; every decision carries a reason."""
+
+    RETRY = "retry"
+    FALLBACK = "fallback"
+    CONTINUE = "continue"
+    TERMINATE = "terminate"
+    DEGRADE = "degrade"
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Read seconds from a number or a string such as '500ms', '5s', '2m', '1h'."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration, got {value!r}")
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(
+                f"{value!r} is not a duration (use seconds, or e.g. '500ms', '5s', '2m', '1h')"
+            )
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
+
+def _aliases(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_name_per_field(cls, data: Any) -> Any:
+        """Refuse a setting given twice under two of its names (`retries` and `maxRetries`)."""
+        if not isinstance(data, Mapping):
+            return data
+        for name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            names = [c for c in alias.choices if isinstance(c, str)] if alias else [name]
+            given = [n for n in names if n in data]
+            if len(given) > 1:
+                raise ValueError(f"{' and '.join(given)} name the same setting; give one")
+        return data
+
+    def explicit(self) -> dict[str, Any]:
+        """The settings that were given, not defaulted: what an override carries."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+class Backoff(_Model):
+    """Capped exponential backoff: delay k is min(initial * factor**k, max).
+
+    `jitter` is Prefect's `retry_jitter_factor`: each delay is drawn around its
+    nominal value and never exceeds nominal * (1 + jitter).
+    """
+
+    initial: Seconds = 1.0
+    factor: float = Field(2.0, ge=1.0)
+    max: Seconds = 60.0
+    jitter: float = Field(0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _cap_not_below_start(self) -> Backoff:
+        if self.max < self.initial:
+            raise ValueError(f"max ({self.max}s) is below initial ({self.initial}s)")
+        return self
+
+
+def _fallback_names(value: Any) -> Any:
+    """Accept fallbacks as names, or as the seed's `{type: name}` objects."""
+    if value is None:
+        return ()
+    if isinstance(value, str | Mapping):
+        value = [value]
+    names = []
+    for item in value:
+        if isinstance(item, Mapping):
+            extra = set(item) - {"type"}
+            if extra or "type" not in item:
+                raise ValueError(
+                    f"a fallback action is a name or {{type: name}}, got keys {sorted(item)}"
+                )
+            item = item["type"]
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"a fallback is named by a non-empty string, got {item!r}")
+        names.append(item)
+    return tuple(names)
+
+
+def _names(value: Any) -> Any:
+    if isinstance(value, str):
+        return (value,)
+    return value
+
+
+class StepPolicy(_Model):
+    """How one step fails: policy, retries, criticality, impact, fallbacks, default.
+
+    Unset settings are inherited (from the decorator, then the workflow's
+    defaults); `explicit()` returns only what was set.
+    """
+
+    policy: FailurePolicy = Field(
+        FailurePolicy.FAIL_FAST,
+        validation_alias=_aliases("policy", "failurePolicy", "failure_policy"),
+    )
+    retries: int = Field(0, ge=0, validation_alias=_aliases("retries", "maxRetries", "max_retries"))
+    backoff: Backoff | None = None
+    retry_delay: Seconds | list[Seconds] | None = Field(
+        None, validation_alias=_aliases("retry_delay", "retryDelay")
+    )
+    retry_on: Annotated[tuple[str, ...], BeforeValidator(_names)] = Field(
+        (), validation_alias=_aliases("retry_on", "retryOn")
+    )
+    give_up_on: Annotated[tuple[str, ...], BeforeValidator(_names)] = Field(
+        (), validation_alias=_aliases("give_up_on", "giveUpOn")
+    )
+    critical: bool = Field(
+        False, validation_alias=_aliases("critical", "isCritical", "is_critical")
+    )
+    impact: FailureImpact = Field(
+        FailureImpact.MAJOR, validation_alias=_aliases("impact", "failureImpact", "failure_impact")
+    )
+    fallbacks: Annotated[tuple[str, ...], BeforeValidator(_fallback_names)] = Field(
+        (), validation_alias=_aliases("fallbacks", "fallbackActions", "fallback_actions")
+    )
+    default: Any = None
+    timeout: Seconds | None = Field(
+        None, gt=0, validation_alias=_aliases("timeout", "timeout_seconds", "timeoutSeconds")
+    )
+
+    @field_validator("retry_delay")
+    @classmethod
+    def _at_most_50_delays(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) > MAX_RETRY_DELAYS:
+            raise ValueError(
+                f"{len(value)} delays given; Prefect allows at most {MAX_RETRY_DELAYS}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> StepPolicy:
+        if self.backoff is not None and self.retry_delay is not None:
+            raise ValueError("give either backoff or retry_delay, not both")
+        if self.fallbacks and self.policy is not FailurePolicy.GRACEFUL_DEGRADATION:
+            raise ValueError(
+                f"fallbacks {list(self.fallbacks)} are never run under policy "
+                f"{self.policy.value!r}; use 'graceful_degradation' or drop them"
+            )
+        overlap = set(self.retry_on) & set(self.give_up_on)
+        if overlap:
+            raise ValueError(f"{sorted(overlap)} are in both retry_on and give_up_on")
+        return self
+
+    def merged(self, override: StepPolicy | Mapping[str, Any] | None) -> StepPolicy:
+        """This policy with the settings `override` gave explicitly taking precedence."""
+        if override is None:
+            return self
+        given = override.explicit() if isinstance(override, StepPolicy) else dict(override)
+        given.pop("match", None)
+        base = self.explicit()
+        # a newly given delay scheme replaces the other one instead of clashing with it
+        if "backoff" in given:
+            base.pop("retry_delay", None)
+        if "retry_delay" in given:
+            base.pop("backoff", None)
+        if "policy" in given and given["policy"] != FailurePolicy.GRACEFUL_DEGRADATION:
+            base.pop("fallbacks", None)
+        return StepPolicy.model_validate({**base, **given})
+
+    def retry_delays(self) -> list[float]:
+        """Nominal delay before each retry: at most 50, as Prefect allows."""
+        count = min(self.retries, MAX_RETRY_DELAYS)
+        if self.backoff is not None:
+            b = self.backoff
+            return [min(b.initial * b.factor**k, b.max) for k in range(count)]
+        if isinstance(self.retry_delay, list):
+            return list(self.retry_delay)
+        return [float(self.retry_delay or 0.0)] * count
+
+    @property
+    def jitter(self) -> float:
+        return self.backoff.jitter if self.backoff is not None else 0.0
+
+    @property
+    def tolerates_failure(self) -> bool:
+        return self.policy is not FailurePolicy.FAIL_FAST
+
+
+class StepRule(StepPolicy):
+    """A step policy in a workflow policy, with the steps it applies to.
+
+    `match` is a glob on the task name (`load_*`), or `tag:<glob>` to match a
+    task tag. Dashes and underscores are interchangeable in names, so the
+    seed's `critical-database-setup` matches a task named
+    `critical_database_setup`.
+    """
+
+    match: str = Field(min_length=1)
+
+    def matches(self, task_name: str, tags: Iterable[str] = ()) -> bool:
+        if self.match.startswith("tag:"):
+            pattern = self.match[4:]
+            return any(fnmatch.fnmatchcase(tag, pattern) for tag in tags)
+        return fnmatch.fnmatchcase(_normal(task_name), _normal(self.match))
+
+
+def _normal(name: str) -> str:
+    return name.replace("-", "_")
+
+
+DEFAULT_IMPACT_WEIGHTS: dict[FailureImpact, float] = {
+    FailureImpact.CRITICAL: 1.0,
+    FailureImpact.MAJOR: 0.6,
+    FailureImpact.MINOR: 0.3,
+    FailureImpact.NEGLIGIBLE: 0.1,
+}
+
+
+def _rules(value: Any) -> Any:
+    """Accept step policies as the seed's mapping (pattern -> policy) or as a list."""
+    if isinstance(value, Mapping):
+        rules = []
+        for pattern, body in value.items():
+            if body is None:
+                body = {}
+            if not isinstance(body, Mapping):
+                raise ValueError(f"the policy for {pattern!r} must be a mapping")
+            rules.append({"match": pattern, **body})
+        return rules
+    return value
+
+
+class WorkflowPolicy(_Model):
+    """The run-level policy: defaults, termination rules, weights, step overrides.
+
+    The three termination thresholds are off when unset, which keeps plain
+    Prefect behaviour (a run fails only through a `fail_fast` step).
+    """
+
+    name: str | None = None
+    default_failure_policy: FailurePolicy = Field(
+        FailurePolicy.FAIL_FAST,
+        validation_alias=_aliases("default_failure_policy", "defaultFailurePolicy"),
+    )
+    max_partial_failures: int | None = Field(
+        None, ge=0, validation_alias=_aliases("max_partial_failures", "maxPartialFailures")
+    )
+    critical_step_ratio: float | None = Field(
+        None, ge=0, le=1, validation_alias=_aliases("critical_step_ratio", "criticalStepRatio")
+    )
+    termination_threshold: float | None = Field(
+        None, ge=0, le=1, validation_alias=_aliases("termination_threshold", "terminationThreshold")
+    )
+    impact_weights: dict[FailureImpact, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: dict(DEFAULT_IMPACT_WEIGHTS),
+        validation_alias=_aliases("impact_weights", "impactWeights"),
+    )
+    degraded_credit: float = Field(
+        0.5, ge=0, le=1, validation_alias=_aliases("degraded_credit", "degradedCredit")
+    )
+    step_policies: Annotated[tuple[StepRule, ...], BeforeValidator(_rules)] = Field(
+        (), validation_alias=_aliases("step_policies", "stepPolicies")
+    )
+
+    @field_validator("impact_weights")
+    @classmethod
+    def _all_impacts_weighted(cls, value: dict[FailureImpact, float]) -> dict[FailureImpact, float]:
+        return {**DEFAULT_IMPACT_WEIGHTS, **value}
+
+    def rule_for(self, task_name: str, tags: Iterable[str] = ()) -> StepRule | None:
+        """The first step policy, in declared order, that matches the task."""
+        tags = tuple(tags)
+        return next((r for r in self.step_policies if r.matches(task_name, tags)), None)
+
+    def policy_for(
+        self, task_name: str, tags: Iterable[str] = (), declared: StepPolicy | None = None
+    ) -> StepPolicy:
+        """The effective step policy: the matching rule over the decorator's settings.
+
+        A policy that neither sets falls back to `default_failure_policy`.
+        """
+        declared = declared or StepPolicy()
+        effective = declared.merged(self.rule_for(task_name, tags))
+        if "policy" not in effective.model_fields_set:
+            effective = effective.merged({"policy": self.default_failure_policy})
+        return effective
+
+
+class PolicyMetadata(_Model):
+    name: str = Field(min_length=1)
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class PolicySpec(WorkflowPolicy):
+    """`spec` of a WorkflowResilienceConfig document: its name lives in `metadata`."""
+
+    name: None = None
+
+
+class PolicyDocument(_Model):
+    """The originating design's `kind: WorkflowResilienceConfig` document."""
+
+    api_version: str = Field(validation_alias=_aliases("apiVersion", "api_version"))
+    kind: Literal["WorkflowResilienceConfig"]
+    metadata: PolicyMetadata
+    spec: PolicySpec
+
+    def to_policy(self) -> WorkflowPolicy:
+        return WorkflowPolicy.model_validate({**self.spec.explicit(), "name": self.metadata.name})
+
+
+class StepAnnotation(_Model):
+    """One step of the seed's workflow definition, with its `resilience:` block."""
+
+    id: str = Field(min_length=1)
+    type: str | None = None
+    action: dict[str, Any] | None = None
+    resilience: StepPolicy = Field(default_factory=StepPolicy)
+
+
+class StepsDocument(_Model):
+    """A workflow definition whose steps carry `resilience:` annotations."""
+
+    name: str | None = None
+    steps: list[StepAnnotation]
+
+    def to_policy(self) -> WorkflowPolicy:
+        rules = [{"match": s.id, **s.resilience.explicit()} for s in self.steps]
+        return WorkflowPolicy.model_validate({"name": self.name, "step_policies": rules})
+
+
+# --- reading documents -------------------------------------------------------
+
+
+def load_policy(
+    source: str | os.PathLike[str] | Mapping[str, Any] | WorkflowPolicy,
+) -> WorkflowPolicy:
+    """Read a workflow policy from a YAML file, YAML text, or a mapping.
+
+    Three shapes are accepted: the originating design's
+    `kind: WorkflowResilienceConfig` document, a workflow definition whose
+    `steps` carry `resilience:` blocks, and a bare mapping of `WorkflowPolicy`
+    settings. Any problem, whatever the input, is a `ResilienceConfigError`
+    naming the field and, for files, the path and line.
+    """
+    if isinstance(source, WorkflowPolicy):
+        return source
+    path: str | None = None
+    try:
+        if isinstance(source, Mapping):
+            return policy_from_mapping(source)
+        text = source
+        if isinstance(source, os.PathLike) or _looks_like_path(source):
+            path = os.fspath(source)
+            text = _read(path)
+        return _policy_from_text(str(text), path)
+    except ResilienceConfigError:
+        raise
+    except Exception as exc:  # the promise: nothing but ResilienceConfigError escapes
+        raise ResilienceConfigError(f"cannot read the policy: {exc}", path=path) from exc
+
+
+def policy_from_mapping(data: Any, *, path: str | None = None, lines: Any = None) -> WorkflowPolicy:
+    """Validate an already-parsed document into a `WorkflowPolicy`."""
+    if not isinstance(data, Mapping):
+        raise ResilienceConfigError(
+            f"a policy document must be a mapping, got {type(data).__name__}",
+            path=path,
+            line=1 if path else None,
+        )
+    try:
+        if "kind" in data or "apiVersion" in data or "api_version" in data:
+            return PolicyDocument.model_validate(data).to_policy()
+        if "steps" in data:
+            return StepsDocument.model_validate(data).to_policy()
+        return WorkflowPolicy.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(exc, path=path, lines=lines) from None
+
+
+def config_error(
+    exc: ValidationError, *, path: str | None = None, lines: Any = None, prefix: str = ""
+) -> ResilienceConfigError:
+    """Turn pydantic's errors into one message naming each field (and its line)."""
+    problems: list[tuple[str, int | None, str]] = []
+    for err in _user_errors(exc):
+        names, line = _locate(lines, err["loc"])
+        field = ".".join([prefix, *names] if prefix else names) or "(document)"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown setting"
+        elif err["type"] != "missing" and not isinstance(err.get("input"), Mapping):
+            message += f" (got {_short(err.get('input'))})"
+        problems.append((field, line, message))
+    field, line, message = problems[0]
+    if len(problems) == 1:
+        return ResilienceConfigError(message, field=field, path=path, line=line)
+    listed = "\n  ".join(
+        (f"line {ln}: " if ln else "") + f"{fd}: {msg}" for fd, ln, msg in problems
+    )
+    error = ResilienceConfigError(f"{len(problems)} problems:\n  {listed}", path=path)
+    error.field, error.line = field, line  # the first problem, for code that inspects one
+    return error
+
+
+def _user_errors(exc: ValidationError) -> list[Any]:
+    """pydantic's errors, with one branch kept per union (the user wrote one value).
+
+    The branch kept is one whose type fitted and whose value failed, when there
+    is one: 'not a duration' says more than 'not a list'.
+    """
+    errors = exc.errors(include_url=False)
+    branches: dict[tuple[Any, ...], dict[Any, list[Any]]] = {}
+    for err in errors:
+        loc = tuple(err["loc"])
+        tag_at = next((i for i, p in enumerate(loc) if _is_union_tag(p)), None)
+        if tag_at is not None:
+            branches.setdefault(loc[:tag_at], {}).setdefault(loc[tag_at], []).append(err)
+    chosen = {
+        where: min(by_branch, key=lambda b: all(_is_type_error(e) for e in by_branch[b]))
+        for where, by_branch in branches.items()
+    }
+    kept = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        tag_at = next((i for i, p in enumerate(loc) if _is_union_tag(p)), None)
+        if tag_at is None:
+            kept.append(err)
+        elif chosen[loc[:tag_at]] == loc[tag_at]:
+            kept.append({**err, "loc": loc[:tag_at] + loc[tag_at + 1 :]})
+    return kept
+
+
+def _is_type_error(err: Any) -> bool:
+    return str(err["type"]).endswith(("_type", "_parsing"))
+
+
+def _looks_like_path(text: str) -> bool:
+    return "\n" not in text and (text.endswith((".yaml", ".yml")) or os.path.isfile(text))
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise ResilienceConfigError("no such policy file", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResilienceConfigError(f"cannot read the file: {exc}", path=path) from None
+
+
+def _policy_from_text(text: str, path: str | None) -> WorkflowPolicy:
+    try:
+        data = yaml.safe_load(text)
+        lines = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ResilienceConfigError(
+            f"not valid YAML: {problem}", path=path, line=mark.line + 1 if mark else None
+        ) from None
+    return policy_from_mapping(data, path=path, lines=lines)
+
+
+def _is_union_tag(part: Any) -> bool:
+    """pydantic puts the tried type of a union in the location; users never wrote it."""
+    return isinstance(part, str) and (
+        part in ("float", "int", "str", "bool", "none") or "[" in part
+    )
+
+
+def _locate(node: Any, loc: tuple[Any, ...]) -> tuple[list[str], int | None]:
+    """The field's path as the user wrote it, and the line of the deepest node it reaches.
+
+    Step policies given as a mapping are validated as a list; their index is
+    turned back into the pattern the user wrote.
+    """
+    names = [str(part) for part in loc]
+    line = node.start_mark.line + 1 if node is not None else None
+    for i, part in enumerate(loc):
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            if isinstance(part, int) and part < len(node.value):
+                key, child = node.value[part]
+                names[i] = str(key.value)
+            else:
+                child = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            child = node.value[part] if part < len(node.value) else None
+        if child is None:
+            break
+        node, line = child, child.start_mark.line + 1
+    return names, line
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
