@@ -6,7 +6,15 @@ policies that run on Prefect's own retries, states and task runs.
 
 from prefect_resilience.decision import FailureDecision, decide
 from prefect_resilience.errors import ResilienceConfigError
-from prefect_resilience.health import StepOutcome, StepStatus
+from prefect_resilience.flow import (
+    LoopResult,
+    LowHealthDecision,
+    WorkflowTerminated,
+    current_health,
+    resilient_flow,
+    resilient_loop,
+)
+from prefect_resilience.health import StepOutcome, StepStatus, TerminationRule, WorkflowHealth
 from prefect_resilience.policy import (
     Backoff,
     FailureAction,
@@ -16,6 +24,12 @@ from prefect_resilience.policy import (
     StepRule,
     WorkflowPolicy,
     load_policy,
+)
+from prefect_resilience.report import (
+    BusinessImpact,
+    PartialSuccessResult,
+    RunStatus,
+    get_report,
 )
 from prefect_resilience.task import (
     ResilientFuture,
@@ -27,6 +41,18 @@ from prefect_resilience.task import (
 
 __all__ = [
     "Backoff",
+    "BusinessImpact",
+    "LoopResult",
+    "LowHealthDecision",
+    "PartialSuccessResult",
+    "RunStatus",
+    "TerminationRule",
+    "WorkflowHealth",
+    "WorkflowTerminated",
+    "current_health",
+    "get_report",
+    "resilient_flow",
+    "resilient_loop",
     "FailureAction",
     "FailureDecision",
     "FailureImpact",

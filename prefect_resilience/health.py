@@ -12,7 +12,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
-from prefect_resilience.policy import FailureAction, FailureImpact, FailurePolicy
+from prefect_resilience.policy import FailureAction, FailureImpact, FailurePolicy, WorkflowPolicy
 
 
 class StepStatus(StrEnum):
@@ -59,3 +59,168 @@ class StepOutcome(BaseModel):
     fallback_task_run_id: UUID | None = None
     duration: float | None = None
     finished: datetime | None = None
+
+
+class TerminationRule(StrEnum):
+    """The rule that stopped a run; a terminated run's message names it."""
+
+    FAIL_FAST = "fail_fast"
+    MAX_PARTIAL_FAILURES = "max_partial_failures"
+    CRITICAL_STEP_RATIO = "critical_step_ratio"
+    TERMINATION_THRESHOLD = "termination_threshold"
+    LOW_HEALTH_ABORTED = "low_health_aborted"
+    LOW_HEALTH_PAUSE_TIMEOUT = "low_health_pause_timeout"
+
+
+class WorkflowHealth(BaseModel):
+    """A run's health at one moment.
+
+    `health_score` is the impact-weighted mean of step credits:
+    sum(weight[impact] * credit) / sum(weight[impact]), where credit is 1 for
+    a step that succeeded (first attempt or after retries), `degraded_credit`
+    for one a fallback carried, and 0 for one that failed (tolerated or not).
+    A run with no finished step has nothing wrong yet: score 1.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    total: int = 0
+    completed: int = 0
+    degraded: int = 0
+    failed: int = 0
+    critical_total: int = 0
+    critical_failures: int = 0
+    health_score: float = 1.0
+    can_continue: bool = True
+    stopped_by: TerminationRule | None = None
+    stop_reason: str | None = None
+    recommendations: list[str] = []
+
+
+class HealthLedger:
+    """Running totals of a run's outcomes: O(1) per outcome and per health reading.
+
+    It applies the workflow policy's termination rules after each outcome;
+    the first rule that fires stops the run for good.
+    """
+
+    def __init__(self, policy: WorkflowPolicy) -> None:
+        self.policy = policy
+        self.total = self.completed = self.degraded = self.failed = 0
+        self.critical_total = self.critical_delivered = self.critical_failures = 0
+        self._weight_sum = 0.0
+        self._credit_sum = 0.0
+        self._failures_by_step: dict[str, int] = {}
+        self._failure_kinds: dict[str, str] = {}
+        self._degraded_by_step: dict[str, str] = {}
+        self.stopped_by: TerminationRule | None = None
+        self.stop_reason: str | None = None
+
+    def add(self, outcome: StepOutcome) -> TerminationRule | None:
+        """Count one outcome; return the rule it made fire, if any."""
+        weight = self.policy.impact_weights[outcome.impact]
+        self.total += 1
+        self._weight_sum += weight
+        status = outcome.status
+        if status in (StepStatus.SUCCEEDED, StepStatus.RECOVERED):
+            self.completed += 1
+            self._credit_sum += weight
+        elif status is StepStatus.DEGRADED:
+            self.degraded += 1
+            self._credit_sum += weight * self.policy.degraded_credit
+            self._degraded_by_step[outcome.name] = outcome.fallback_used or "a fallback"
+        else:
+            self.failed += 1
+            self._failures_by_step[outcome.name] = self._failures_by_step.get(outcome.name, 0) + 1
+            self._failure_kinds[outcome.name] = outcome.exception_type or "a failure"
+        if outcome.critical:
+            self.critical_total += 1
+            if status.delivered:
+                self.critical_delivered += 1
+            else:
+                self.critical_failures += 1
+        if self.stopped_by is None:
+            self._apply_rules(outcome)
+            return self.stopped_by
+        return None
+
+    def stop(self, rule: TerminationRule, reason: str) -> None:
+        """Stop the run for a reason outside the outcomes (a pause that was aborted)."""
+        if self.stopped_by is None:
+            self.stopped_by, self.stop_reason = rule, reason
+
+    @property
+    def score(self) -> float:
+        return self._credit_sum / self._weight_sum if self._weight_sum else 1.0
+
+    def health(self) -> WorkflowHealth:
+        return WorkflowHealth(
+            total=self.total,
+            completed=self.completed,
+            degraded=self.degraded,
+            failed=self.failed,
+            critical_total=self.critical_total,
+            critical_failures=self.critical_failures,
+            health_score=self.score,
+            can_continue=self.stopped_by is None,
+            stopped_by=self.stopped_by,
+            stop_reason=self.stop_reason,
+            recommendations=self.recommendations(),
+        )
+
+    def recommendations(self, limit: int = 5) -> list[str]:
+        """Advice from what failed in this run, most frequent failures first."""
+        advice = []
+        worst = sorted(self._failures_by_step.items(), key=lambda kv: -kv[1])[:limit]
+        for name, count in worst:
+            kind = self._failure_kinds[name]
+            runs = "run" if count == 1 else "runs"
+            advice.append(
+                f"{name}: {count} {runs} failed ({kind}); check whether retries or a"
+                " fallback would save it"
+            )
+        for name, fallback in list(self._degraded_by_step.items())[:limit]:
+            advice.append(f"{name}: relied on {fallback}; its primary needs attention")
+        threshold = self.policy.health_alert_below
+        if threshold is not None and self.total and self.score < threshold:
+            advice.append(f"health {self.score:.2f} is below the alert threshold {threshold:.2f}")
+        return advice
+
+    def _apply_rules(self, outcome: StepOutcome) -> None:
+        policy = self.policy
+        failing = sorted(self._failures_by_step)
+        if outcome.status is StepStatus.FAILED and outcome.action is FailureAction.TERMINATE:
+            self.stop(
+                TerminationRule.FAIL_FAST,
+                f"step {outcome.name} failed under fail_fast: {outcome.reason}",
+            )
+        elif policy.max_partial_failures is not None and self.failed > policy.max_partial_failures:
+            self.stop(
+                TerminationRule.MAX_PARTIAL_FAILURES,
+                f"{self.failed} failed steps exceed max_partial_failures"
+                f" {policy.max_partial_failures}: {_names(failing)}",
+            )
+        elif (
+            policy.critical_step_ratio is not None
+            and self.critical_total
+            and self.critical_delivered / self.critical_total < policy.critical_step_ratio
+        ):
+            self.stop(
+                TerminationRule.CRITICAL_STEP_RATIO,
+                f"critical steps succeeded {self.critical_delivered}/{self.critical_total},"
+                f" under critical_step_ratio {policy.critical_step_ratio}: {_names(failing)}",
+            )
+        elif (
+            policy.termination_threshold is not None
+            and self.critical_failures / self.total > policy.termination_threshold
+        ):
+            self.stop(
+                TerminationRule.TERMINATION_THRESHOLD,
+                f"{self.critical_failures} critical failures in {self.total} steps exceed"
+                f" termination_threshold {policy.termination_threshold}: {_names(failing)}",
+            )
+
+
+def _names(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

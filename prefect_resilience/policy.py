@@ -323,6 +323,9 @@ class WorkflowPolicy(_Model):
     degraded_credit: float = Field(
         0.5, ge=0, le=1, validation_alias=_aliases("degraded_credit", "degradedCredit")
     )
+    health_alert_below: float | None = Field(
+        0.85, ge=0, le=1, validation_alias=_aliases("health_alert_below", "healthAlertBelow")
+    )
     step_policies: Annotated[tuple[StepRule, ...], BeforeValidator(_rules)] = Field(
         (), validation_alias=_aliases("step_policies", "stepPolicies")
     )

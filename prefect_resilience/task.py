@@ -27,7 +27,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
 from prefect.futures import PrefectFuture, PrefectFutureList, PrefectTaskRunFuture
 from prefect.logging import get_logger
-from prefect.results import ResultRecord
+from prefect.results import ResultRecord, get_result_store
 from prefect.states import Completed, State
 from prefect.utilities.callables import expand_mapping_parameters, get_call_parameters
 from prefect.utilities.engine import resolve_inputs_sync
@@ -46,12 +46,64 @@ from prefect_resilience.policy import (
 
 logger = get_logger("prefect_resilience")
 
-_workflow_policy: contextvars.ContextVar[WorkflowPolicy | None] = contextvars.ContextVar(
-    "prefect_resilience_workflow_policy", default=None
+
+class StepObserver:
+    """Sees what the resilient steps of one scope do: a flow run, or `collect_outcomes`.
+
+    The scope's observer is a context variable, so a future settled later, in
+    any thread, still reports to the scope it was submitted in.
+    """
+
+    policy: WorkflowPolicy | None = None
+
+    def before_step(self, task: ResilientTask) -> None:
+        """Called before a step starts; may refuse it by raising."""
+
+    def track(self, future: ResilientFuture) -> None:
+        """A future the scope should settle before it ends."""
+
+    def record(self, outcome: StepOutcome) -> None:
+        """A step has settled."""
+
+
+_observer: contextvars.ContextVar[StepObserver | None] = contextvars.ContextVar(
+    "prefect_resilience_observer", default=None
 )
-_outcome_sink: contextvars.ContextVar[Callable[[StepOutcome], None] | None] = (
-    contextvars.ContextVar("prefect_resilience_outcome_sink", default=None)
-)
+
+
+def current_observer() -> StepObserver | None:
+    return _observer.get()
+
+
+@contextmanager
+def observing(observer: StepObserver) -> Iterator[StepObserver]:
+    token = _observer.set(observer)
+    try:
+        yield observer
+    finally:
+        _observer.reset(token)
+
+
+class _Collector(StepObserver):
+    """Keeps outcomes in a list and passes everything on to the enclosing scope."""
+
+    def __init__(self, parent: StepObserver | None) -> None:
+        self.parent = parent
+        self.policy = parent.policy if parent else None
+        self.outcomes: list[StepOutcome] = []
+
+    def before_step(self, task: ResilientTask) -> None:
+        if self.parent:
+            self.parent.before_step(task)
+
+    def track(self, future: ResilientFuture) -> None:
+        if self.parent:
+            self.parent.track(future)
+
+    def record(self, outcome: StepOutcome) -> None:
+        self.outcomes.append(outcome)
+        if self.parent:
+            self.parent.record(outcome)
 
 
 @contextmanager
@@ -59,14 +111,11 @@ def collect_outcomes() -> Iterator[list[StepOutcome]]:
     """Gather the `StepOutcome` of every resilient step settled inside the block.
 
     Futures settled later still report here: they remember the context they
-    were submitted in.
+    were submitted in. Outcomes still reach the enclosing resilient flow run.
     """
-    outcomes: list[StepOutcome] = []
-    token = _outcome_sink.set(outcomes.append)
-    try:
-        yield outcomes
-    finally:
-        _outcome_sink.reset(token)
+    collector = _Collector(_observer.get())
+    with observing(collector):
+        yield collector.outcomes
 
 
 class RetryCondition:
@@ -186,7 +235,8 @@ class ResilientTask(Task):  # type: ignore[type-arg]
 
     def _for_run(self) -> ResilientTask:
         """This task as the current workflow policy configures it (DESIGN's precedence)."""
-        workflow = _workflow_policy.get()
+        observer = _observer.get()
+        workflow = observer.policy if observer else None
         if workflow is None:
             return self
         effective = workflow.policy_for(self.base_task.name, self.base_task.tags, self.step)
@@ -198,6 +248,13 @@ class ResilientTask(Task):  # type: ignore[type-arg]
             variant = ResilientTask(self.base_task, effective, self._fallbacks_for(effective))
             self._variants[key] = variant
         return variant
+
+    def _starting(self) -> ResilientTask:
+        """Let the scope refuse a new step (a terminated run), then configure it."""
+        observer = _observer.get()
+        if observer is not None:
+            observer.before_step(self)
+        return self._for_run()
 
     def _fallbacks_for(self, step: StepPolicy) -> list[Task[..., Any]]:
         known = {t.name: t for t in self.fallback_tasks}
@@ -224,7 +281,7 @@ class ResilientTask(Task):  # type: ignore[type-arg]
     def __call__(  # type: ignore[override]
         self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
     ) -> Any:
-        task = self._for_run()
+        task = self._starting()
         call = StepCall(task, lambda: get_call_parameters(self.fn, args, kwargs))
         if task.isasync:
             return _settle_async(call, task, args, kwargs, wait_for, return_state)
@@ -235,7 +292,7 @@ class ResilientTask(Task):  # type: ignore[type-arg]
     def submit(  # type: ignore[override]
         self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
     ) -> Any:
-        task = self._for_run()
+        task = self._starting()
         primary = Task.submit(task, *args, wait_for=wait_for, **kwargs)
         call = StepCall(task, lambda: get_call_parameters(self.fn, args, kwargs))
         future = ResilientFuture(primary, call)
@@ -252,7 +309,7 @@ class ResilientTask(Task):  # type: ignore[type-arg]
         deferred: bool = False,
         **kwargs: Any,
     ) -> Any:
-        task = self._for_run()
+        task = self._starting()
         primaries = Task.map(task, *args, wait_for=wait_for, deferred=deferred, **kwargs)
         per_run = _MappedParameters(self.fn, get_call_parameters(self.fn, args, kwargs, False))
         futures = PrefectFutureList(
@@ -342,9 +399,9 @@ class StepCall:
     def settle(self, primary: State[Any]) -> tuple[State[Any], StepOutcome]:
         """The state the policy gives this call, and its outcome (reported once)."""
         state, outcome = self.context.copy().run(self._settle, primary)
-        sink = self.context.get(_outcome_sink)
-        if sink is not None:
-            sink(outcome)
+        observer = self.context.get(_observer)
+        if observer is not None:
+            observer.record(outcome)
         return state, outcome
 
     def _settle(self, primary: State[Any]) -> tuple[State[Any], StepOutcome]:
@@ -381,7 +438,9 @@ class StepCall:
             return primary, record.outcome(
                 StepStatus.FAILED, action=decision.action, reason=reason, error=error
             )
-        tolerated = Completed(data=step.default, name="Tolerated", message=decision.reason)
+        # a result record, as Prefect's engine makes: a bare None would read as a missing result
+        record_of_default = get_result_store().create_result_record(step.default)
+        tolerated = Completed(data=record_of_default, name="Tolerated", message=decision.reason)
         tolerated.state_details.task_run_id = primary.state_details.task_run_id
         return tolerated, record.outcome(
             StepStatus.TOLERATED, action=decision.action, reason=reason, error=error
@@ -479,6 +538,9 @@ class ResilientFuture(PrefectTaskRunFuture[Any]):
         self._call = call
         self._lock = threading.Lock()
         self._outcome: StepOutcome | None = None
+        observer = call.context.get(_observer)
+        if observer is not None:
+            observer.track(self)
 
     @property
     def primary(self) -> PrefectFuture[Any]:
@@ -493,7 +555,8 @@ class ResilientFuture(PrefectTaskRunFuture[Any]):
 
     def wait(self, timeout: float | None = None) -> None:
         self._primary.wait(timeout)
-        if self._primary.state.is_final():
+        # Prefect's own wait() and as_completed() read `_final_state` the same way
+        if getattr(self._primary, "_final_state", None) is not None:
             self._settle()
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
@@ -555,16 +618,22 @@ def with_run_details(outcomes: Sequence[StepOutcome], timeout: float = 10.0) -> 
     return detailed
 
 
-def _read_recorded_runs(ids: list[Any], timeout: float) -> dict[Any, Any]:
+def _read_recorded_runs(ids: list[Any], timeout: float, page: int = 200) -> dict[Any, Any]:
+    """Task runs by id once Prefect has recorded their final state (paged: the API caps pages)."""
     deadline = time.monotonic() + timeout
     pause = 0.02
+    recorded: dict[Any, Any] = {}
+    missing = list(dict.fromkeys(ids))
     with get_client(sync_client=True) as client:
         while True:
-            runs = client.read_task_runs(
-                task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=ids)), limit=len(ids)
-            )
-            recorded = {r.id: r for r in runs if r.state is not None and r.state.is_final()}
-            if len(recorded) == len(set(ids)) or time.monotonic() >= deadline:
+            for start in range(0, len(missing), page):
+                chunk = missing[start : start + page]
+                runs = client.read_task_runs(
+                    task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=chunk)), limit=len(chunk)
+                )
+                recorded.update({r.id: r for r in runs if r.state and r.state.is_final()})
+            missing = [i for i in missing if i not in recorded]
+            if not missing or time.monotonic() >= deadline:
                 return recorded
             time.sleep(pause)
             pause = min(pause * 2, 0.5)

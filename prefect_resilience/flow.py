@@ -1,0 +1,584 @@
+"""`@resilient_flow`: a Prefect flow that judges its steps and ends honestly.
+
+The run loads its workflow policy when it starts, collects every resilient
+step's outcome (from states and futures in the flow process), keeps a live
+health score, stops when a termination rule fires, and ends `Completed`,
+`Completed` named `PartialSuccess`, or `Failed`, with a report written as
+Prefect artifacts in every ending, a crash included.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from uuid import UUID
+
+from prefect import Flow
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.exceptions import FlowPauseTimeout
+from prefect.input import RunInput
+from prefect.logging import get_logger
+from prefect.states import Completed
+
+from prefect_resilience.errors import ResilienceConfigError
+from prefect_resilience.health import (
+    HealthLedger,
+    StepOutcome,
+    StepStatus,
+    TerminationRule,
+    WorkflowHealth,
+)
+from prefect_resilience.policy import FailureAction, FailurePolicy, WorkflowPolicy, load_policy
+from prefect_resilience.report import (
+    LoopReport,
+    PartialSuccessResult,
+    RunStatus,
+    build_report,
+    publish,
+    run_status,
+)
+from prefect_resilience.task import (
+    ResilientFuture,
+    ResilientTask,
+    StepObserver,
+    current_observer,
+    observing,
+    resilient,
+    with_run_details,
+)
+
+logger = get_logger("prefect_resilience")
+
+PARTIAL_SUCCESS = "PartialSuccess"
+EVENT_PREFIX = "prefect-resilience"
+
+PolicySource = WorkflowPolicy | str | os.PathLike[str] | None
+
+
+class WorkflowTerminated(Exception):
+    """A termination rule stopped the run; the message names the rule and the steps."""
+
+    def __init__(self, rule: TerminationRule, reason: str) -> None:
+        self.rule = rule
+        self.reason = reason
+        super().__init__(f"terminated by rule {rule.value}: {reason}")
+
+
+class LowHealthDecision(RunInput):
+    """What to do with a run paused because its health fell below `pause_below`."""
+
+    action: Literal["continue", "abort"] = "continue"
+
+
+def load_workflow_policy(source: PolicySource) -> WorkflowPolicy:
+    """The policy for a run: an object, a YAML file, a block name, or defaults."""
+    if source is None:
+        return WorkflowPolicy()
+    if isinstance(source, WorkflowPolicy):
+        return source
+    text = os.fspath(source)
+    if isinstance(source, os.PathLike) or text.endswith((".yaml", ".yml")) or Path(text).exists():
+        return load_policy(Path(text))
+    raise ResilienceConfigError(
+        f"{text!r} is neither a WorkflowPolicy nor a YAML file; loading a policy from a"
+        " Prefect block by name is not available in this version",
+        field="policy",
+    )
+
+
+class RunTracker(StepObserver):
+    """One resilient flow run: its outcomes, live health, verdict and loops."""
+
+    def __init__(
+        self,
+        policy: WorkflowPolicy,
+        *,
+        flow_name: str,
+        flow_run_id: UUID | None,
+        pause_below: float | None = None,
+        pause_timeout: int = 3600,
+        parent: StepObserver | None = None,
+    ) -> None:
+        self.policy = policy
+        self.flow_name = flow_name
+        self.flow_run_id = flow_run_id
+        self.pause_below = pause_below
+        self.pause_timeout = pause_timeout
+        self.parent = parent
+        self.ledger = HealthLedger(policy)
+        self.outcomes: list[StepOutcome] = []
+        self.futures: list[ResilientFuture] = []
+        self.loops: list[LoopReport] = []
+        self.reported = False
+        self._lock = threading.RLock()
+        self._below_alert = False
+        self._pause_due = False
+        self._paused_for_dip = False
+
+    # --- StepObserver ---------------------------------------------------------------
+
+    def before_step(self, task: ResilientTask) -> None:
+        self.raise_if_stopped()
+        if self._pause_due and _in_flow_thread():
+            self._pause()
+            self.raise_if_stopped()
+
+    def track(self, future: ResilientFuture) -> None:
+        with self._lock:
+            self.futures.append(future)
+
+    def record(self, outcome: StepOutcome) -> None:
+        with self._lock:
+            self.outcomes.append(outcome)
+            fired = self.ledger.add(outcome)
+            score = self.ledger.score
+            crossed = self._note_health(score)
+        if outcome.status in (StepStatus.DEGRADED, StepStatus.TOLERATED):
+            self._emit_step(outcome, score)
+        if crossed:
+            self._emit_run("health.below-threshold", score, {"threshold": crossed})
+        if fired is not None:
+            logger.error("%s: %s", self.flow_name, self.ledger.stop_reason)
+
+    # --- health ------------------------------------------------------------------------
+
+    def health(self) -> WorkflowHealth:
+        with self._lock:
+            return self.ledger.health()
+
+    def raise_if_stopped(self) -> None:
+        if self.ledger.stopped_by is not None:
+            raise WorkflowTerminated(self.ledger.stopped_by, self.ledger.stop_reason or "")
+
+    def _note_health(self, score: float) -> float | None:
+        """Track threshold crossings; return the alert threshold if just crossed below it."""
+        if self.pause_below is not None:
+            if score < self.pause_below and not self._paused_for_dip:
+                self._pause_due = True
+            elif score >= self.pause_below:
+                self._paused_for_dip = False
+        threshold = self.policy.health_alert_below
+        if threshold is None:
+            return None
+        if score < threshold and not self._below_alert:
+            self._below_alert = True
+            return threshold
+        if score >= threshold:
+            self._below_alert = False
+        return None
+
+    def _pause(self) -> None:
+        from prefect.flow_runs import pause_flow_run
+
+        self._pause_due = False
+        self._paused_for_dip = True
+        score = self.ledger.score
+        logger.warning(
+            "%s: health %.2f fell below pause_below %.2f; pausing for a decision",
+            self.flow_name,
+            score,
+            self.pause_below,
+        )
+        try:
+            decision = pause_flow_run(wait_for_input=LowHealthDecision, timeout=self.pause_timeout)
+        except FlowPauseTimeout:
+            self.ledger.stop(
+                TerminationRule.LOW_HEALTH_PAUSE_TIMEOUT,
+                f"paused at health {score:.2f} (below {self.pause_below}); not resumed within"
+                f" {self.pause_timeout}s",
+            )
+            return
+        if decision.action == "abort":
+            self.ledger.stop(
+                TerminationRule.LOW_HEALTH_ABORTED,
+                f"paused at health {score:.2f} (below {self.pause_below}); aborted on resume",
+            )
+
+    # --- ending ------------------------------------------------------------------------
+
+    def settle_all(self, block: bool = True) -> None:
+        """Settle every future of the run (only finished ones unless `block`)."""
+        with self._lock:
+            futures = list(self.futures)
+        for future in futures:
+            future.wait(None if block else 0)
+
+    def finish(self, status: RunStatus | None, message: str = "") -> PartialSuccessResult:
+        """Build and publish the run's report (once), and tell the parent run."""
+        with self._lock:
+            outcomes = list(self.outcomes)
+            health = self.ledger.health()
+            loops = list(self.loops)
+        try:
+            outcomes = with_run_details(outcomes)
+        except Exception as exc:  # the report matters more than attempt counts
+            logger.warning("could not read attempts from Prefect: %s", exc)
+        status = status or run_status(outcomes, health)
+        report = build_report(
+            flow_run_id=self.flow_run_id,
+            flow_name=self.flow_name,
+            outcomes=outcomes,
+            health=health,
+            status=status,
+            message=message,
+            loops=loops,
+            finished=datetime.now(UTC),
+        )
+        if not self.reported:
+            self.reported = True
+            try:
+                publish(report)
+            except Exception as exc:
+                logger.error("could not write the resilience report: %s", exc)
+            if status is RunStatus.PARTIAL_SUCCESS:
+                self._emit_run("run.partial-success", health.health_score, {})
+            elif status is RunStatus.TERMINATED:
+                self._emit_run(
+                    "run.terminated",
+                    health.health_score,
+                    {"rule": health.stopped_by.value if health.stopped_by else None},
+                )
+            self._tell_parent(status, message)
+        return report
+
+    def _tell_parent(self, status: RunStatus, message: str) -> None:
+        """A child run is one step of a resilient parent: partial counts as degraded."""
+        if not isinstance(self.parent, StepObserver) or self.parent.policy is None:
+            return
+        rule = self.parent.policy.policy_for(self.flow_name)
+        delivered = {
+            RunStatus.COMPLETED: StepStatus.SUCCEEDED,
+            RunStatus.PARTIAL_SUCCESS: StepStatus.DEGRADED,
+        }
+        status_as_step = delivered.get(status)
+        action = None
+        if status is RunStatus.PARTIAL_SUCCESS:
+            action = FailureAction.DEGRADE
+        elif status_as_step is None:
+            fails = rule.policy is FailurePolicy.FAIL_FAST
+            status_as_step = StepStatus.FAILED if fails else StepStatus.TOLERATED
+            action = FailureAction.TERMINATE if fails else FailureAction.CONTINUE
+        self.parent.record(
+            StepOutcome(
+                name=self.flow_name,
+                status=status_as_step,
+                policy=rule.policy,
+                critical=rule.critical,
+                impact=rule.impact,
+                attempts=1,
+                action=action,
+                reason=f"subflow ended {status.value}" + (f": {message}" if message else ""),
+                finished=datetime.now(UTC),
+            )
+        )
+
+    # --- events ------------------------------------------------------------------------
+
+    def _related(self) -> list[dict[str, str]]:
+        if self.flow_run_id is None:
+            return []
+        return [
+            {
+                "prefect.resource.id": f"prefect.flow-run.{self.flow_run_id}",
+                "prefect.resource.role": "flow-run",
+                "prefect.resource.name": self.flow_name,
+            }
+        ]
+
+    def _emit_step(self, outcome: StepOutcome, score: float) -> None:
+        resource_id = (
+            f"prefect.task-run.{outcome.task_run_id}"
+            if outcome.task_run_id
+            else f"prefect.flow-run.{self.flow_run_id}"
+        )
+        _emit(
+            f"{EVENT_PREFIX}.step.{outcome.status.value}",
+            {"prefect.resource.id": resource_id, "prefect.resource.name": outcome.name},
+            self._related(),
+            {
+                "step": outcome.name,
+                "policy": outcome.policy.value,
+                "action": outcome.action.value if outcome.action else None,
+                "fallback": outcome.fallback_used,
+                "reason": outcome.reason,
+                "health_score": score,
+            },
+        )
+
+    def _emit_run(self, name: str, score: float, extra: dict[str, Any]) -> None:
+        if self.flow_run_id is None:
+            return
+        _emit(
+            f"{EVENT_PREFIX}.{name}",
+            {
+                "prefect.resource.id": f"prefect.flow-run.{self.flow_run_id}",
+                "prefect.resource.name": self.flow_name,
+            },
+            [],
+            {"flow": self.flow_name, "health_score": score, **extra},
+        )
+
+
+def _emit(
+    event: str, resource: dict[str, str], related: list[dict[str, str]], payload: dict[str, Any]
+) -> None:
+    from prefect.events import emit_event
+
+    try:
+        emit_event(event=event, resource=resource, related=related, payload=payload)
+    except Exception as exc:  # an event is a notification; the run does not depend on it
+        logger.warning("could not emit %s: %s", event, exc)
+
+
+def _in_flow_thread() -> bool:
+    return FlowRunContext.get() is not None and TaskRunContext.get() is None
+
+
+def current_health() -> WorkflowHealth:
+    """The health of the resilient flow run this code is part of, right now."""
+    tracker = _current_tracker()
+    if tracker is None:
+        raise RuntimeError("current_health() is only available inside a @resilient_flow run")
+    return tracker.health()
+
+
+def _current_tracker() -> RunTracker | None:
+    observer = current_observer()
+    while observer is not None and not isinstance(observer, RunTracker):
+        observer = getattr(observer, "parent", None)
+    return observer
+
+
+# --- the flow decorator ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _RunSettings:
+    policy: PolicySource
+    pause_below: float | None
+    pause_timeout: int
+
+
+_trackers: dict[UUID, RunTracker] = {}
+
+
+def _start(settings: _RunSettings, flow_name: str) -> RunTracker:
+    policy = load_workflow_policy(settings.policy)
+    context = FlowRunContext.get()
+    flow_run_id = context.flow_run.id if context and context.flow_run else None
+    tracker = RunTracker(
+        policy,
+        flow_name=flow_name,
+        flow_run_id=flow_run_id,
+        pause_below=settings.pause_below,
+        pause_timeout=settings.pause_timeout,
+        parent=current_observer(),
+    )
+    if flow_run_id is not None:
+        _trackers[flow_run_id] = tracker
+    return tracker
+
+
+def _end(tracker: RunTracker, value: Any) -> Any:
+    tracker.settle_all()
+    health = tracker.health()
+    if health.stopped_by is not None:
+        tracker.finish(RunStatus.TERMINATED, health.stop_reason or "")
+        raise WorkflowTerminated(health.stopped_by, health.stop_reason or "")
+    report = tracker.finish(None)
+    if report.overall_status is RunStatus.PARTIAL_SUCCESS:
+        return Completed(name=PARTIAL_SUCCESS, message=report.message, data=value)
+    return value
+
+
+def _end_with(tracker: RunTracker, error: BaseException) -> BaseException:
+    """Report a run that raised; return the exception the run should end with."""
+    tracker.settle_all(block=False)
+    health = tracker.health()
+    if health.stopped_by is not None:
+        reason = health.stop_reason or ""
+        tracker.finish(RunStatus.TERMINATED, reason)
+        if isinstance(error, WorkflowTerminated):
+            return error
+        terminated = WorkflowTerminated(health.stopped_by, reason)
+        terminated.__cause__ = error
+        return terminated
+    crashed = not isinstance(error, Exception)
+    status = RunStatus.CRASHED if crashed else RunStatus.FAILED
+    tracker.finish(status, f"{type(error).__name__}: {error}")
+    return error
+
+
+def _forget(tracker: RunTracker) -> None:
+    # a module-level function: the wrapper closures must not capture `_trackers`,
+    # or pickling the flow (Dask ships the run context) would try to pickle live runs
+    if tracker.flow_run_id is not None:
+        _trackers.pop(tracker.flow_run_id, None)
+
+
+def _report_crash(flow: Any, flow_run: Any, state: Any) -> None:
+    """`on_crashed` hook: the report of a run that crashed outside its own body."""
+    tracker = _trackers.pop(flow_run.id, None)
+    if tracker is not None and not tracker.reported:
+        tracker.settle_all(block=False)
+        tracker.finish(RunStatus.CRASHED, state.message or "crashed")
+
+
+def _wrap(fn: Callable[..., Any], settings: _RunSettings, flow_name: str) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            tracker = _start(settings, flow_name)
+            try:
+                with observing(tracker):
+                    try:
+                        value = await fn(*args, **kwargs)
+                    except BaseException as error:
+                        ending = _end_with(tracker, error)
+                        if ending is error:
+                            raise
+                        raise ending from error
+                    return _end(tracker, value)
+            finally:
+                _forget(tracker)
+
+        return run_async
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        tracker = _start(settings, flow_name)
+        try:
+            with observing(tracker):
+                try:
+                    value = fn(*args, **kwargs)
+                except BaseException as error:
+                    ending = _end_with(tracker, error)
+                    if ending is error:
+                        raise
+                    raise ending from error
+                return _end(tracker, value)
+        finally:
+            _forget(tracker)
+
+    return run
+
+
+def resilient_flow(
+    __fn: Any = None,
+    *,
+    policy: PolicySource = None,
+    pause_below: float | None = None,
+    pause_timeout: int = 3600,
+    **flow_options: Any,
+) -> Any:
+    """Make a flow resilient: a workflow policy, live health, termination, a report.
+
+    Stack it over `@flow` or use it alone (it then makes the flow, passing
+    `flow_options` such as `name` or `task_runner` to Prefect). `policy` is a
+    `WorkflowPolicy`, a YAML file, or nothing (plain Prefect behaviour); it is
+    read when each run starts. `pause_below` pauses the run for a
+    `LowHealthDecision` when health falls below it; no answer within
+    `pause_timeout` seconds aborts the run.
+    """
+    if pause_below is not None and not 0 <= pause_below <= 1:
+        raise ResilienceConfigError("must be between 0 and 1", field="pause_below")
+    if policy is not None and not isinstance(policy, WorkflowPolicy | str | os.PathLike):
+        raise ResilienceConfigError(
+            f"expected a WorkflowPolicy, a YAML path or a block name, got {policy!r}",
+            field="policy",
+        )
+    settings = _RunSettings(policy, pause_below, pause_timeout)
+
+    def decorate(fn: Any) -> Flow[..., Any]:
+        if isinstance(fn, Flow):
+            base = fn.with_options(**flow_options) if flow_options else fn
+        elif callable(fn):
+            base = Flow(fn, **flow_options)
+        else:
+            raise ResilienceConfigError(f"@resilient_flow decorates a function or flow, got {fn!r}")
+        # with_options keeps the entrypoint and version Prefect derived from the user's
+        # function; only the function it calls is wrapped
+        resilient = base.with_options(on_crashed=[*base.on_crashed_hooks, _report_crash])
+        resilient.fn = _wrap(base.fn, settings, base.name)
+        resilient.resilience_policy = policy  # type: ignore[attr-defined]
+        return resilient
+
+    return decorate(__fn) if __fn is not None else decorate
+
+
+# --- loops -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    """The last value of a `resilient_loop`, with how it ended."""
+
+    value: Any
+    iterations: int
+    condition_met: bool
+
+
+def resilient_loop(
+    step: Any,
+    *args: Any,
+    until: Callable[[Any], bool],
+    max_iterations: int = 100,
+    delay: float = 0.0,
+    name: str | None = None,
+    **kwargs: Any,
+) -> LoopResult:
+    """Run `step` until `until(result)` is true, each iteration a resilient task run.
+
+    `until` is a Python callable on the last result (nothing is evaluated from
+    text). Iterations and the time taken by `until` go into the run's report.
+    """
+    if not callable(until):
+        raise ResilienceConfigError(f"until must be callable, got {until!r}", field="until")
+    if not isinstance(max_iterations, int) or max_iterations < 1:
+        raise ResilienceConfigError("must be a whole number >= 1", field="max_iterations")
+    if delay < 0:
+        raise ResilienceConfigError("must be >= 0", field="delay")
+    task = step if isinstance(step, ResilientTask) else resilient(step)
+    loop_name = name or task.name
+    durations: list[float] = []
+    conditions: list[float] = []
+    started = time.perf_counter()
+    value: Any = None
+    met = False
+    for iteration in range(1, max_iterations + 1):
+        began = time.perf_counter()
+        value = task(*args, **kwargs)
+        checked = time.perf_counter()
+        met = bool(until(value))
+        conditions.append(time.perf_counter() - checked)
+        durations.append(checked - began)
+        if met:
+            break
+        if delay and iteration < max_iterations:
+            time.sleep(delay)
+    tracker = _current_tracker()
+    if tracker is not None:
+        with tracker._lock:
+            tracker.loops.append(
+                LoopReport(
+                    name=loop_name,
+                    iterations=len(durations),
+                    condition_met=met,
+                    seconds=time.perf_counter() - started,
+                    iteration_seconds_p50=statistics.median(durations),
+                    iteration_seconds_max=max(durations),
+                    condition_ms_p50=statistics.median(conditions) * 1000,
+                    condition_ms_max=max(conditions) * 1000,
+                )
+            )
+    return LoopResult(value=value, iterations=len(durations), condition_met=met)
