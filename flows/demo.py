@@ -1,21 +1,29 @@
 """The main job: every failure policy at work on a real Prefect server.
 
 Run with `make demo` (Prefect's embedded SQLite server, no setup) or
-`python flows/demo.py`. Steps fail on purpose; the table shows what each
-policy made of its failure, with attempts read back from Prefect.
+`python flows/demo.py`. Steps fail on purpose: the first table shows what each
+policy made of its failure, with attempts read back from Prefect; the second
+runs the originating design's scenario with injected failures, one row per
+run; last comes the latest run's report as Prefect stores it.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
+import logging
 import time
 from typing import Any
 
-from prefect import flow, task
+from prefect import task
 from rich.console import Console
+from rich.markdown import Markdown
+from rich.progress import Progress
 from rich.table import Table
+from seed_scenario import seed_scenario
 
-from prefect_resilience import StepOutcome, collect_outcomes, resilient, with_run_details
+from prefect_resilience import PartialSuccessResult, get_report, resilient, resilient_flow
+from prefect_resilience.report import to_markdown
 
 _db_attempts = itertools.count(1)
 
@@ -73,52 +81,108 @@ def cleanup() -> str:
     return "temp files removed"
 
 
-@flow(name="resilience-demo", log_prints=False)
-def resilience_demo() -> tuple[dict[str, Any], list[StepOutcome]]:
-    with collect_outcomes() as outcomes:
-        results: dict[str, Any] = {"database": critical_database_setup()}
-        results["analytics"] = optional_analytics_setup.submit().result()
-        results["notification"] = user_notification("ada")
-        results["monitoring"] = monitoring_checks.map(["us", "eu", "ap"]).result()
-        results["cleanup"] = cleanup()
-    return results, with_run_details(outcomes)
+@resilient_flow(name="resilience-demo")
+def resilience_demo() -> dict[str, Any]:
+    results: dict[str, Any] = {"database": critical_database_setup()}
+    results["analytics"] = optional_analytics_setup.submit().result()
+    results["notification"] = user_notification("ada")
+    results["monitoring"] = monitoring_checks.map(["us", "eu", "ap"]).result()
+    results["cleanup"] = cleanup()
+    return results
 
 
 STATUS_STYLE = {
     "succeeded": "green",
     "recovered": "green",
+    "completed": "green",
     "degraded": "yellow",
     "tolerated": "yellow",
+    "partial_success": "yellow",
     "failed": "red",
+    "terminated": "red",
+    "crashed": "red",
 }
 
 
-def show(results: dict[str, Any], outcomes: list[StepOutcome], console: Console) -> None:
-    table = Table(title="What each policy made of its step", show_lines=True)
+def styled(value: str) -> str:
+    style = STATUS_STYLE.get(value, "white")
+    return f"[{style}]{value}[/{style}]"
+
+
+def show_steps(report: PartialSuccessResult, console: Console) -> None:
+    table = Table(title="1. What each policy made of its step", show_lines=True)
     for column in ("step", "policy", "status", "attempts", "action", "why"):
         table.add_column(column, overflow="fold")
-    for o in outcomes:
-        style = STATUS_STYLE[o.status.value]
+    for o in report.steps:
         table.add_row(
             o.name,
             o.policy.value,
-            f"[{style}]{o.status.value}[/{style}]",
+            styled(o.status.value),
             "?" if o.attempts is None else str(o.attempts),
             o.action.value if o.action else "-",
             o.reason or "first attempt succeeded",
         )
     console.print(table)
-    console.print("[bold]Values the flow received:[/bold]")
-    for name, value in results.items():
-        console.print(f"  {name}: {value!r}")
+
+
+def run_history(console: Console, runs: int, failure_rate: float) -> PartialSuccessResult:
+    """Run the seed scenario with injected failures; one table row per run."""
+    table = Table(
+        title=f"2. The seed scenario, {runs} runs, each step attempt failing with p={failure_rate}"
+    )
+    for column in ("run", "final state", "health", "delivered", "degraded", "failed", "rule"):
+        table.add_column(column)
+    latest = None
+    with Progress(console=console, transient=True) as progress:
+        job = progress.add_task("running the scenario", total=runs)
+        for seed in range(1, runs + 1):
+            state = seed_scenario(failure_rate, seed, return_state=True)
+            latest = get_report(state.state_details.flow_run_id)
+            h = latest.health
+            table.add_row(
+                str(seed),
+                f"{state.name} ({styled(latest.overall_status.value)})",
+                f"{h.health_score:.2f}",
+                f"{h.completed + h.degraded}/{h.total}",
+                str(h.degraded),
+                str(h.failed),
+                h.stopped_by.value if h.stopped_by else "-",
+            )
+            progress.advance(job)
+    console.print(table)
+    return latest
+
+
+def quiet_prefect_console() -> None:
+    """Keep the terminal for the tables: Prefect's run logs still go to its API and UI."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]
+    for logger in [logging.getLogger(), *loggers]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(logging.CRITICAL)
 
 
 def main() -> None:
+    quiet_prefect_console()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--failure-rate", type=float, default=0.5)
+    args = parser.parse_args()
     console = Console(width=max(Console().width, 150))
     started = time.perf_counter()
-    with console.status("Running the resilience demo on Prefect's embedded server..."):
-        results, outcomes = resilience_demo()
-    show(results, outcomes, console)
+    with console.status("Starting Prefect's embedded server and running every policy..."):
+        state = resilience_demo(return_state=True)
+    report = get_report(state.state_details.flow_run_id)
+    show_steps(report, console)
+    console.print(f"Final state: [bold]{state.name}[/bold]  {state.message or ''}")
+    console.print("Values the flow received:")
+    for name, value in state.result().items():
+        console.print(f"  {name}: {value!r}")
+    latest = run_history(console, args.runs, args.failure_rate)
+    console.rule("3. The latest run's report (the resilience-report artifact)")
+    console.print(Markdown(to_markdown(latest)))
     console.print(f"[dim]Finished in {time.perf_counter() - started:.1f}s[/dim]")
 
 

@@ -99,7 +99,7 @@ def decide(
             )
         why = refusal
     elif step.retries:
-        why = f"{what}; {step.retries} retries exhausted"
+        why = f"{what}; {step.retries} {'retry' if step.retries == 1 else 'retries'} exhausted"
     else:
         why = f"{what}; no retries configured"
     return _policy_decision(step, why, fallbacks_tried)

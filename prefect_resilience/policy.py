@@ -12,6 +12,7 @@ This module has no Prefect import: it is validated and tested on its own.
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -233,14 +234,23 @@ class StepPolicy(_Model):
         return StepPolicy.model_validate({**base, **given})
 
     def retry_delays(self) -> list[float]:
-        """Nominal delay before each retry: at most 50, as Prefect allows."""
+        """Nominal delay before each retry: at most 50, as Prefect allows.
+
+        Delays are cut to whole microseconds, the resolution of the timedelta
+        Prefect schedules a retry with (a denormal float would make its
+        jitter NaN).
+        """
         count = min(self.retries, MAX_RETRY_DELAYS)
         if self.backoff is not None:
-            b = self.backoff
-            return [min(b.initial * b.factor**k, b.max) for k in range(count)]
-        if isinstance(self.retry_delay, list):
-            return list(self.retry_delay)
-        return [float(self.retry_delay or 0.0)] * count
+            delays, delay = [], self.backoff.initial
+            for _ in range(count):
+                delays.append(min(delay, self.backoff.max))
+                delay = min(delay * self.backoff.factor, self.backoff.max)  # never overflows
+        elif isinstance(self.retry_delay, list):
+            delays = list(self.retry_delay)
+        else:
+            delays = [float(self.retry_delay or 0.0)] * count
+        return [math.floor(d * 1_000_000) / 1_000_000 for d in delays]
 
     @property
     def jitter(self) -> float:

@@ -606,15 +606,14 @@ def with_run_details(outcomes: Sequence[StepOutcome], timeout: float = 10.0) -> 
         if run is None or outcome.attempts is not None:
             detailed.append(outcome)
             continue
-        status = outcome.status
-        if status is StepStatus.SUCCEEDED and run.run_count > 1:
-            status = StepStatus.RECOVERED
-        duration = run.total_run_time.total_seconds() if run.total_run_time else None
-        detailed.append(
-            outcome.model_copy(
-                update={"attempts": run.run_count, "duration": duration, "status": status}
-            )
-        )
+        update: dict[str, Any] = {
+            "attempts": run.run_count,
+            "duration": run.total_run_time.total_seconds() if run.total_run_time else None,
+        }
+        if outcome.status is StepStatus.SUCCEEDED and run.run_count > 1:
+            update["status"] = StepStatus.RECOVERED
+            update["reason"] = f"succeeded on attempt {run.run_count} (Prefect retries)"
+        detailed.append(outcome.model_copy(update=update))
     return detailed
 
 

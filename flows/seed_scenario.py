@@ -1,0 +1,109 @@
+"""The originating design's scenario as a Prefect flow, with failure injection.
+
+Critical database setup (fail_fast, 3 retries with capped backoff), optional
+analytics setup (continue, minor impact), user notification (graceful
+degradation: email, then queue), and monitoring checks per region
+(continue). `failure_rate` makes step attempts fail on purpose; `seed` makes
+a run repeatable.
+
+    python flows/seed_scenario.py --failure-rate 0.3 --seed 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+from prefect import task
+from prefect.runtime import task_run
+
+from prefect_resilience import WorkflowPolicy, resilient, resilient_flow
+
+
+class InjectedFailure(ConnectionError):
+    """A failure made on purpose by the scenario's failure injection."""
+
+
+def maybe_fail(step: str, failure_rate: float, seed: int | None) -> None:
+    """Fail this attempt with probability `failure_rate`, drawn per (seed, step, attempt)."""
+    if failure_rate <= 0:
+        return
+    draw = random.Random(f"{seed}:{step}:{task_run.run_count}").random()
+    if draw < failure_rate:
+        raise InjectedFailure(f"{step}: injected failure (attempt {task_run.run_count})")
+
+
+@resilient(
+    policy="fail_fast",
+    critical=True,
+    impact="critical",
+    retries=3,
+    backoff={"initial": 0.05, "factor": 2, "max": 0.2, "jitter": 0.1},
+)
+def critical_database_setup(failure_rate: float = 0.0, seed: int | None = None) -> str:
+    maybe_fail("critical_database_setup", failure_rate, seed)
+    return "schema ready"
+
+
+@resilient(policy="continue", impact="minor", default="analytics disabled")
+def optional_analytics_setup(failure_rate: float = 0.0, seed: int | None = None) -> str:
+    maybe_fail("optional_analytics_setup", failure_rate, seed)
+    return "analytics ready"
+
+
+@task
+def email_fallback(user: str, failure_rate: float = 0.0, seed: int | None = None) -> str:
+    maybe_fail("email_fallback", failure_rate, seed)
+    return f"emailed {user}"
+
+
+@task
+def queue_notification(user: str) -> str:
+    return f"queued a notification for {user}"
+
+
+@resilient(
+    fallbacks=[email_fallback, queue_notification],
+    retries=1,
+    retry_delay=0.05,
+    default="not notified",
+)
+def user_notification(user: str, failure_rate: float = 0.0, seed: int | None = None) -> str:
+    maybe_fail("user_notification", failure_rate, seed)
+    return f"pushed to {user}"
+
+
+@resilient(policy="continue", impact="negligible", retries=1, default="unknown")
+def monitoring_checks(region: str, failure_rate: float = 0.0, seed: int | None = None) -> str:
+    maybe_fail(f"monitoring_checks:{region}", failure_rate, seed)
+    return f"{region} healthy"
+
+
+SCENARIO_POLICY = WorkflowPolicy(
+    name="seed-scenario",
+    max_partial_failures=3,
+    critical_step_ratio=0.8,
+)
+
+
+@resilient_flow(policy=SCENARIO_POLICY, name="seed-scenario")
+def seed_scenario(failure_rate: float = 0.0, seed: int | None = None) -> dict[str, object]:
+    database = critical_database_setup(failure_rate, seed)
+    analytics = optional_analytics_setup.submit(failure_rate, seed)
+    notified = user_notification.submit("ada", failure_rate, seed)
+    regions = monitoring_checks.map(["us", "eu", "ap"], failure_rate, seed)
+    return {
+        "database": database,
+        "analytics": analytics.result(),
+        "notification": notified.result(),
+        "monitoring": regions.result(),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--failure-rate", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args()
+    state = seed_scenario(args.failure_rate, args.seed, return_state=True)
+    print(f"{state.name}: {state.message or ''}")
