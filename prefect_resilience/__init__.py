@@ -4,6 +4,7 @@ Add `@resilient` to a task, a policy to a flow, and get per-step failure
 policies that run on Prefect's own retries, states and task runs.
 """
 
+from prefect_resilience.blocks import ResiliencePolicy
 from prefect_resilience.decision import FailureDecision, decide
 from prefect_resilience.errors import ResilienceConfigError
 from prefect_resilience.flow import (
@@ -58,6 +59,7 @@ __all__ = [
     "FailureImpact",
     "FailurePolicy",
     "ResilienceConfigError",
+    "ResiliencePolicy",
     "ResilientFuture",
     "ResilientTask",
     "StepOutcome",

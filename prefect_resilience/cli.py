@@ -77,5 +77,94 @@ def show(path: Annotated[Path, typer.Argument(help="A YAML policy document.")]) 
     console.print(table)
 
 
+def _fail(exc: ResilienceConfigError) -> typer.Exit:
+    errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+@policy_app.command("apply")
+def apply_policies(
+    paths: Annotated[list[Path], typer.Argument(help="Policy files or folders (e.g. blocks/).")],
+) -> None:
+    """Create or update a Resilience Policy block per file; unchanged ones are left alone.
+
+    Every file is checked first: one bad file changes nothing.
+    """
+    from prefect_resilience import blocks
+
+    try:
+        blocks.ResiliencePolicy.register_type_and_schema()
+        changes = blocks.apply(paths)
+    except ResilienceConfigError as exc:
+        raise _fail(exc) from None
+    for change in changes:
+        style = {"created": "green", "updated": "yellow", "unchanged": "dim"}[change.action]
+        console.print(f"[{style}]{change.action}[/{style}] {change.name} ({change.path})")
+        if change.diff:
+            console.print(change.diff, highlight=False, markup=False, soft_wrap=True)
+
+
+@policy_app.command("history")
+def show_history(name: Annotated[str, typer.Argument(help="Block name.")]) -> None:
+    """List the recorded versions of a Resilience Policy block."""
+    from prefect_resilience import blocks
+
+    try:
+        blocks.record_ui_edit(name)
+        versions = blocks.history(name)
+    except ResilienceConfigError as exc:
+        raise _fail(exc) from None
+    if not versions:
+        raise _fail(ResilienceConfigError(f"no recorded versions of policy {name!r}"))
+    table = Table(title=f"versions of {name}")
+    for column in ("version", "saved", "note"):
+        table.add_column(column)
+    for v in versions:
+        table.add_row(str(v.number), f"{v.created:%Y-%m-%d %H:%M:%S}" if v.created else "?", v.note)
+    console.print(table)
+
+
+@policy_app.command("diff")
+def show_diff(
+    name: Annotated[str, typer.Argument(help="Block name.")],
+    a: Annotated[int, typer.Argument(help="Older version.", min=1)],
+    b: Annotated[int, typer.Argument(help="Newer version.", min=1)],
+) -> None:
+    """Show what changed between two versions of a policy."""
+    from prefect_resilience import blocks
+
+    try:
+        text = blocks.diff(name, a, b)
+    except ResilienceConfigError as exc:
+        raise _fail(exc) from None
+    console.print(text or "no difference", highlight=False, markup=False, soft_wrap=True)
+
+
+@policy_app.command("rollback")
+def roll_back(
+    name: Annotated[str, typer.Argument(help="Block name.")],
+    to: Annotated[
+        int | None, typer.Option(help="Version to return to (default: previous).", min=1)
+    ] = None,
+) -> None:
+    """Save an earlier version again, as a new version (nothing is lost)."""
+    from prefect_resilience import blocks
+
+    try:
+        version = blocks.rollback(name, to)
+    except ResilienceConfigError as exc:
+        raise _fail(exc) from None
+    console.print(f"{name}: saved version {version.number} ({version.note})")
+
+
+@app.command("register")
+def register_blocks() -> None:
+    """Register the Resilience Policy block type with the Prefect server."""
+    from prefect_resilience.blocks import ResiliencePolicy
+
+    ResiliencePolicy.register_type_and_schema()
+    console.print("registered block type: Resilience Policy (resilience-policy)")
+
+
 if __name__ == "__main__":
     app()

@@ -29,6 +29,7 @@ from prefect.input import RunInput
 from prefect.logging import get_logger
 from prefect.states import Completed
 
+from prefect_resilience.blocks import load_block_policy
 from prefect_resilience.errors import ResilienceConfigError
 from prefect_resilience.health import (
     HealthLedger,
@@ -80,7 +81,7 @@ class LowHealthDecision(RunInput):
 
 
 def load_workflow_policy(source: PolicySource) -> WorkflowPolicy:
-    """The policy for a run: an object, a YAML file, a block name, or defaults."""
+    """The policy for a run: an object, a YAML file, a ResiliencePolicy block name, or defaults."""
     if source is None:
         return WorkflowPolicy()
     if isinstance(source, WorkflowPolicy):
@@ -88,11 +89,7 @@ def load_workflow_policy(source: PolicySource) -> WorkflowPolicy:
     text = os.fspath(source)
     if isinstance(source, os.PathLike) or text.endswith((".yaml", ".yml")) or Path(text).exists():
         return load_policy(Path(text))
-    raise ResilienceConfigError(
-        f"{text!r} is neither a WorkflowPolicy nor a YAML file; loading a policy from a"
-        " Prefect block by name is not available in this version",
-        field="policy",
-    )
+    return load_block_policy(text)
 
 
 class RunTracker(StepObserver):

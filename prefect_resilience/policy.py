@@ -119,10 +119,10 @@ class Backoff(_Model):
     nominal value and never exceeds nominal * (1 + jitter).
     """
 
-    initial: Seconds = 1.0
-    factor: float = Field(2.0, ge=1.0)
-    max: Seconds = 60.0
-    jitter: float = Field(0.0, ge=0.0)
+    initial: Seconds = Field(1.0, description="Delay before the first retry, in seconds.")
+    factor: float = Field(2.0, ge=1.0, description="Each delay is the previous one times this.")
+    max: Seconds = Field(60.0, description="No delay is longer than this, in seconds.")
+    jitter: float = Field(0.0, ge=0.0, description="Prefect's retry_jitter_factor.")
 
     @model_validator(mode="after")
     def _cap_not_below_start(self) -> Backoff:
@@ -168,30 +168,51 @@ class StepPolicy(_Model):
     policy: FailurePolicy = Field(
         FailurePolicy.FAIL_FAST,
         validation_alias=_aliases("policy", "failurePolicy", "failure_policy"),
+        description="What happens once the step has failed for good.",
     )
-    retries: int = Field(0, ge=0, validation_alias=_aliases("retries", "maxRetries", "max_retries"))
-    backoff: Backoff | None = None
+    retries: int = Field(
+        0,
+        ge=0,
+        validation_alias=_aliases("retries", "maxRetries", "max_retries"),
+        description="Prefect retries after the first attempt.",
+    )
+    backoff: Backoff | None = Field(None, description="Capped exponential backoff between retries.")
     retry_delay: Seconds | list[Seconds] | None = Field(
-        None, validation_alias=_aliases("retry_delay", "retryDelay")
+        None,
+        validation_alias=_aliases("retry_delay", "retryDelay"),
+        description="Fixed delay(s) between retries: seconds or '5s', '2m'; at most 50.",
     )
     retry_on: Annotated[tuple[str, ...], BeforeValidator(_names)] = Field(
-        (), validation_alias=_aliases("retry_on", "retryOn")
+        (),
+        validation_alias=_aliases("retry_on", "retryOn"),
+        description="Only retry these exception names (globs); empty: any.",
     )
     give_up_on: Annotated[tuple[str, ...], BeforeValidator(_names)] = Field(
-        (), validation_alias=_aliases("give_up_on", "giveUpOn")
+        (),
+        validation_alias=_aliases("give_up_on", "giveUpOn"),
+        description="Never retry these exception names (globs).",
     )
     critical: bool = Field(
-        False, validation_alias=_aliases("critical", "isCritical", "is_critical")
+        False,
+        validation_alias=_aliases("critical", "isCritical", "is_critical"),
+        description="Its failure is a critical failure for the termination rules.",
     )
     impact: FailureImpact = Field(
-        FailureImpact.MAJOR, validation_alias=_aliases("impact", "failureImpact", "failure_impact")
+        FailureImpact.MAJOR,
+        validation_alias=_aliases("impact", "failureImpact", "failure_impact"),
+        description="Its weight in the health score.",
     )
     fallbacks: Annotated[tuple[str, ...], BeforeValidator(_fallback_names)] = Field(
-        (), validation_alias=_aliases("fallbacks", "fallbackActions", "fallback_actions")
+        (),
+        validation_alias=_aliases("fallbacks", "fallbackActions", "fallback_actions"),
+        description="Fallbacks run in order under graceful_degradation (names).",
     )
-    default: Any = None
+    default: Any = Field(None, description="The value a tolerated step yields.")
     timeout: Seconds | None = Field(
-        None, gt=0, validation_alias=_aliases("timeout", "timeout_seconds", "timeoutSeconds")
+        None,
+        gt=0,
+        validation_alias=_aliases("timeout", "timeout_seconds", "timeoutSeconds"),
+        description="Prefect's timeout for each attempt, in seconds.",
     )
 
     @field_validator("retry_delay")
@@ -270,7 +291,9 @@ class StepRule(StepPolicy):
     `critical_database_setup`.
     """
 
-    match: str = Field(min_length=1)
+    match: str = Field(
+        min_length=1, description="Task name glob, or 'tag:<glob>' to match a task tag."
+    )
 
     def matches(self, task_name: str, tags: Iterable[str] = ()) -> bool:
         if self.match.startswith("tag:"):
@@ -312,32 +335,58 @@ class WorkflowPolicy(_Model):
     Prefect behaviour (a run fails only through a `fail_fast` step).
     """
 
-    name: str | None = None
+    name: str | None = Field(None, description="The policy's name, for reports and blocks.")
     default_failure_policy: FailurePolicy = Field(
         FailurePolicy.FAIL_FAST,
         validation_alias=_aliases("default_failure_policy", "defaultFailurePolicy"),
+        description="Failure policy of a step that neither its decorator nor a step policy sets.",
     )
     max_partial_failures: int | None = Field(
-        None, ge=0, validation_alias=_aliases("max_partial_failures", "maxPartialFailures")
+        None,
+        ge=0,
+        validation_alias=_aliases("max_partial_failures", "maxPartialFailures"),
+        description="Terminate the run when more steps than this have failed; empty: no limit.",
     )
     critical_step_ratio: float | None = Field(
-        None, ge=0, le=1, validation_alias=_aliases("critical_step_ratio", "criticalStepRatio")
+        None,
+        ge=0,
+        le=1,
+        validation_alias=_aliases("critical_step_ratio", "criticalStepRatio"),
+        description="Terminate when the share of critical steps that delivered falls under"
+        " this; empty: off.",
     )
     termination_threshold: float | None = Field(
-        None, ge=0, le=1, validation_alias=_aliases("termination_threshold", "terminationThreshold")
+        None,
+        ge=0,
+        le=1,
+        validation_alias=_aliases("termination_threshold", "terminationThreshold"),
+        description="Terminate when critical failures exceed this share of finished steps;"
+        " empty: off.",
     )
     impact_weights: dict[FailureImpact, Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: dict(DEFAULT_IMPACT_WEIGHTS),
         validation_alias=_aliases("impact_weights", "impactWeights"),
+        description="Weight of a step in the health score, by its impact.",
     )
     degraded_credit: float = Field(
-        0.5, ge=0, le=1, validation_alias=_aliases("degraded_credit", "degradedCredit")
+        0.5,
+        ge=0,
+        le=1,
+        validation_alias=_aliases("degraded_credit", "degradedCredit"),
+        description="Health credit of a step whose fallback supplied the result (success is 1).",
     )
     health_alert_below: float | None = Field(
-        0.85, ge=0, le=1, validation_alias=_aliases("health_alert_below", "healthAlertBelow")
+        0.85,
+        ge=0,
+        le=1,
+        validation_alias=_aliases("health_alert_below", "healthAlertBelow"),
+        description="Emit a health event when the score crosses below this; empty: never.",
     )
     step_policies: Annotated[tuple[StepRule, ...], BeforeValidator(_rules)] = Field(
-        (), validation_alias=_aliases("step_policies", "stepPolicies")
+        (),
+        validation_alias=_aliases("step_policies", "stepPolicies"),
+        description="Step policies matched by task name glob or 'tag:<glob>'; the first match"
+        " applies.",
     )
 
     @field_validator("impact_weights")

@@ -285,15 +285,6 @@ def test_an_invalid_policy_stops_the_run_before_any_step(tmp_path: Path) -> None
     assert started["never-started"] == 0
 
 
-def test_a_block_name_is_a_clear_error_for_now() -> None:
-    @resilient_flow(policy="production-resilience")
-    def named() -> None:
-        counted("named")
-
-    with pytest.raises(ResilienceConfigError, match="Prefect block by name"):
-        named()
-
-
 def test_events_for_degraded_steps_partial_success_and_health(client: Any) -> None:
     @resilient_flow(name="eventful")
     def eventful() -> None:

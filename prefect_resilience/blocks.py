@@ -1,0 +1,334 @@
+"""Workflow policies kept in Prefect blocks: edited in the UI, versioned, rolled back.
+
+The `ResiliencePolicy` block holds the policy a run loads by name when it
+starts. Every save made through this package also records the saved policy as
+a new version of a Prefect artifact keyed `resilience-policy-<name>`: Prefect
+keeps every version of a keyed artifact, in order, with its time, and shows
+them in its UI, so history needs no store of its own. A rollback saves an
+earlier version again, as a new version: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+from prefect.blocks.core import Block
+from pydantic import ValidationError, field_serializer
+
+from prefect_resilience.errors import ResilienceConfigError
+from prefect_resilience.policy import (
+    FailureImpact,
+    FailurePolicy,
+    StepRule,
+    WorkflowPolicy,
+    config_error,
+    load_policy,
+)
+
+LOGO_FILE = Path(__file__).parent / "assets" / "resilience-policy.png"
+VERSION_TYPE = "resilience-policy-version"
+_POLICY_FIELDS = [name for name in WorkflowPolicy.model_fields if name != "name"]
+
+
+def _field(name: str) -> Any:
+    """The block field of a WorkflowPolicy setting: same type, bounds, default, description."""
+    return copy.copy(WorkflowPolicy.model_fields[name])
+
+
+class ResiliencePolicy(Block):
+    """A workflow resilience policy: failure-policy defaults, termination rules,
+    health weights and per-step policies, loaded by `@resilient_flow(policy="NAME")`
+    when a run starts.
+    """
+
+    _block_type_name: ClassVar[str] = "Resilience Policy"
+    _block_type_slug: ClassVar[str] = "resilience-policy"
+    # Prefect's client accepts only http(s) logo URLs; the same image ships with the
+    # package (LOGO_FILE), so it can be checked and served without a network
+    _logo_url: ClassVar[Any] = (
+        "https://raw.githubusercontent.com/prefect-resilience/prefect-resilience/main/"
+        "prefect_resilience/assets/resilience-policy.png"
+    )
+    _documentation_url: ClassVar[Any] = (
+        "https://github.com/prefect-resilience/prefect-resilience/blob/main/docs/blocks.md"
+    )
+    _description: ClassVar[str] = (
+        "A workflow resilience policy for prefect-resilience: failure-policy defaults,"
+        " termination rules, health weights and per-step policies. A resilient flow loads it"
+        " by name when each run starts, so an edit applies to the next run."
+    )
+    _code_example: ClassVar[str] = """
+```python
+from prefect_resilience.blocks import ResiliencePolicy
+from prefect_resilience import resilient_flow
+
+resilience_policy_block = ResiliencePolicy.load("BLOCK_NAME")
+
+@resilient_flow(policy="BLOCK_NAME")  # read when each run starts
+def nightly():
+    ...
+```
+"""
+
+    default_failure_policy: FailurePolicy = _field("default_failure_policy")
+    max_partial_failures: int | None = _field("max_partial_failures")
+    critical_step_ratio: float | None = _field("critical_step_ratio")
+    termination_threshold: float | None = _field("termination_threshold")
+    health_alert_below: float | None = _field("health_alert_below")
+    degraded_credit: float = _field("degraded_credit")
+    impact_weights: dict[FailureImpact, float] = _field("impact_weights")
+    step_policies: list[StepRule] = _field("step_policies")
+
+    @field_serializer("step_policies")
+    def _only_what_was_set(self, rules: list[Any]) -> list[Any]:
+        # a rule overrides the decorator's settings one by one: store only those it sets
+        return [
+            rule.model_dump(mode="json", exclude_unset=True) if isinstance(rule, StepRule) else rule
+            for rule in rules
+        ]
+
+    def to_policy(self) -> WorkflowPolicy:
+        """The `WorkflowPolicy` this block holds, checked by the same rules as a file."""
+        data = {name: getattr(self, name) for name in _POLICY_FIELDS}
+        data["step_policies"] = self._only_what_was_set(self.step_policies)
+        try:
+            return WorkflowPolicy.model_validate({**data, "name": self._block_document_name})
+        except ValidationError as exc:
+            raise config_error(exc, prefix=f"block {self._block_document_name}") from None
+
+    @classmethod
+    def from_policy(cls, policy: WorkflowPolicy) -> ResiliencePolicy:
+        return cls.model_validate(policy_document(policy))
+
+
+def policy_document(policy: WorkflowPolicy) -> dict[str, Any]:
+    """A policy as the plain mapping a block or a version holds, in one normal form.
+
+    Every workflow-level setting is written out; a step policy keeps only the
+    settings it gives, since those are what it overrides.
+    """
+    document = policy.model_dump(mode="json", exclude={"name", "step_policies"})
+    document["step_policies"] = [
+        rule.model_dump(mode="json", exclude_unset=True) for rule in policy.step_policies
+    ]
+    return document
+
+
+def load_block_policy(name: str) -> WorkflowPolicy:
+    """Load a ResiliencePolicy block by name, with a clear error when it is missing or bad.
+
+    The block document is read as data and checked by the policy's own rules
+    (the UI's form checks types, not rules such as a backoff cap below its
+    start), so a bad document fails with the field named, before any step.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            document = client.read_block_document_by_name(
+                name, block_type_slug=ResiliencePolicy.get_block_type_slug()
+            )
+    except ObjectNotFound:
+        raise ResilienceConfigError(
+            f"no Resilience Policy block named {name!r} on this Prefect server", field="policy"
+        ) from None
+    data = {k: v for k, v in (document.data or {}).items() if k in _POLICY_FIELDS}
+    try:
+        return WorkflowPolicy.model_validate({**data, "name": name})
+    except ValidationError as exc:
+        raise config_error(exc, prefix=f"block {name}") from None
+
+
+# --- versions ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyVersion:
+    number: int
+    created: datetime | None
+    note: str
+    document: dict[str, Any]
+
+
+def version_key(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "policy"
+    return f"resilience-policy-{slug}"[:100].rstrip("-")
+
+
+def history(name: str) -> list[PolicyVersion]:
+    """Every recorded version of a policy block, oldest first (version 1 is the first)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    artifacts: list[Any] = []
+    with get_client(sync_client=True) as client:
+        while True:
+            page = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[version_key(name)])),
+                sort=ArtifactSort.CREATED_DESC,
+                offset=len(artifacts),
+                limit=200,
+            )
+            artifacts.extend(page)
+            if len(page) < 200:
+                break
+    artifacts.reverse()
+    return [
+        PolicyVersion(
+            number=i,
+            created=a.created,
+            note=(a.data or {}).get("note", ""),
+            document=(a.data or {}).get("policy", {}),
+        )
+        for i, a in enumerate(artifacts, start=1)
+    ]
+
+
+def save_policy(name: str, policy: WorkflowPolicy, note: str = "saved") -> PolicyVersion:
+    """Save a policy block (create or overwrite) and record the saved policy as a version."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    document = policy_document(policy)
+    ResiliencePolicy.from_policy(policy).save(name, overwrite=True)
+    number = len(history(name)) + 1
+    with get_client(sync_client=True) as client:
+        artifact = client.create_artifact(
+            ArtifactCreate(
+                key=version_key(name),
+                type=VERSION_TYPE,
+                data={"block": name, "version": number, "note": note, "policy": document},
+                description=f"Resilience Policy `{name}` version {number}: {note}",
+            )
+        )
+    return PolicyVersion(number, artifact.created, note, document)
+
+
+def current_document(name: str) -> dict[str, Any] | None:
+    """What the block holds now (as saved in the UI, too), or None if there is no block."""
+    try:
+        return policy_document(load_block_policy(name))
+    except ResilienceConfigError as exc:
+        if "no Resilience Policy block named" in str(exc):
+            return None
+        raise
+
+
+def record_ui_edit(name: str) -> PolicyVersion | None:
+    """Record the block's content as a version if it was changed outside this package."""
+    document = current_document(name)
+    versions = history(name)
+    if document is None or (versions and versions[-1].document == document):
+        return None
+    return save_policy(name, WorkflowPolicy.model_validate(document), note="edited outside")
+
+
+def rollback(name: str, to: int | None = None) -> PolicyVersion:
+    """Save version `to` (default: the one before the latest) again, as a new version."""
+    record_ui_edit(name)
+    versions = history(name)
+    if len(versions) < 2 and to is None:
+        raise ResilienceConfigError(f"policy {name!r} has no earlier version", field="version")
+    target_number = to if to is not None else versions[-2].number
+    target = _version(versions, name, target_number)
+    policy = WorkflowPolicy.model_validate(target.document)
+    return save_policy(name, policy, note=f"rollback to version {target.number}")
+
+
+def diff(name: str, a: int, b: int) -> str:
+    """A unified diff between two versions of a policy, as YAML."""
+    versions = history(name)
+    left, right = _version(versions, name, a), _version(versions, name, b)
+    return "".join(
+        difflib.unified_diff(
+            _yaml(left.document).splitlines(keepends=True),
+            _yaml(right.document).splitlines(keepends=True),
+            fromfile=f"{name} v{a}",
+            tofile=f"{name} v{b}",
+        )
+    )
+
+
+def _version(versions: list[PolicyVersion], name: str, number: int) -> PolicyVersion:
+    if not 1 <= number <= len(versions):
+        raise ResilienceConfigError(
+            f"policy {name!r} has versions 1..{len(versions)}, not {number}", field="version"
+        )
+    return versions[number - 1]
+
+
+def _yaml(document: dict[str, Any]) -> str:
+    return yaml.safe_dump(json.loads(json.dumps(document)), sort_keys=True)
+
+
+# --- files as source ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    name: str
+    path: Path
+    action: str  # created | updated | unchanged
+    diff: str
+
+
+def plan_apply(paths: list[Path]) -> list[tuple[str, Path, WorkflowPolicy]]:
+    """Load every policy file first: one bad file stops everything, naming file and line."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted([*path.glob("*.yaml"), *path.glob("*.yml")]))
+        else:
+            files.append(path)
+    if not files:
+        raise ResilienceConfigError("no .yaml or .yml policy files found", path=str(paths[0]))
+    planned: list[tuple[str, Path, WorkflowPolicy]] = []
+    seen: dict[str, Path] = {}
+    for file in files:
+        policy = load_policy(file)
+        name = policy.name or file.stem
+        if name in seen:
+            raise ResilienceConfigError(
+                f"block {name!r} is defined twice, also in {seen[name]}", path=str(file)
+            )
+        seen[name] = file
+        planned.append((name, file, policy))
+    return planned
+
+
+def apply(paths: list[Path]) -> list[Change]:
+    """Create or update a block per policy file, idempotently; say what changed."""
+    changes = []
+    for name, file, policy in plan_apply(paths):
+        wanted = policy_document(policy)
+        try:
+            current = current_document(name)
+        except ResilienceConfigError:  # invalid on the server (a bad UI edit): replace it
+            current = {}
+        if current == wanted:
+            changes.append(Change(name, file, "unchanged", ""))
+            continue
+        if current:
+            record_ui_edit(name)
+        before = _yaml(current) if current else ""
+        save_policy(name, policy, note=f"applied from {file.name}")
+        text = "".join(
+            difflib.unified_diff(
+                before.splitlines(keepends=True),
+                _yaml(wanted).splitlines(keepends=True),
+                fromfile=f"{name} (server)",
+                tofile=str(file),
+            )
+        )
+        changes.append(Change(name, file, "created" if current is None else "updated", text))
+    return changes

@@ -1,0 +1,252 @@
+"""Policies in Prefect blocks: standard suite, round trips, versions, apply, next-run pickup."""
+
+from __future__ import annotations
+
+import io
+import urllib.request
+import urllib.response
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.blocks.core import Block
+from prefect.testing.standard_test_suites import BlockStandardTestSuite
+from typer.testing import CliRunner
+
+from prefect_resilience import (
+    FailurePolicy,
+    ResilienceConfigError,
+    ResiliencePolicy,
+    WorkflowPolicy,
+    WorkflowTerminated,
+    resilient,
+    resilient_flow,
+)
+from prefect_resilience import blocks as policy_blocks
+from prefect_resilience.cli import app
+from tests.conftest import ROOT
+
+
+class _ShippedLogo(urllib.request.BaseHandler):
+    """Serves the block's logo URL from the file the package ships: the check runs offline."""
+
+    handler_order = 100  # before urllib's own HTTPS handler
+
+    def https_open(self, request: urllib.request.Request) -> Any:
+        if request.full_url != str(ResiliencePolicy._logo_url):
+            return None
+        body = policy_blocks.LOGO_FILE.read_bytes()
+        response = urllib.response.addinfourl(
+            io.BytesIO(body), {"content-type": "image/png"}, request.full_url, 200
+        )
+        response.msg = "OK"
+        return response
+
+
+@pytest.fixture
+def offline_logo() -> Iterator[None]:
+    urllib.request.install_opener(urllib.request.build_opener(_ShippedLogo()))
+    try:
+        yield
+    finally:
+        urllib.request.install_opener(None)
+
+
+@pytest.mark.usefixtures("offline_logo")
+class TestResiliencePolicyBlock(BlockStandardTestSuite):
+    @pytest.fixture
+    def block(self) -> type[Block]:
+        return ResiliencePolicy
+
+
+def test_the_block_form_has_drop_downs_for_enums_and_a_list_of_step_policies() -> None:
+    schema = ResiliencePolicy.model_json_schema()
+    definitions = schema["definitions"]
+    assert definitions["FailurePolicy"]["enum"] == [p.value for p in FailurePolicy]
+    assert schema["properties"]["step_policies"]["type"] == "array"
+    rule = definitions["StepRule"]["properties"]
+    assert {"match", "policy", "retries", "backoff", "critical", "impact", "fallbacks"} <= set(rule)
+    assert ResiliencePolicy.get_block_type_slug() == "resilience-policy"
+
+
+@pytest.fixture
+def registered(prefect_server: None) -> None:
+    ResiliencePolicy.register_type_and_schema()
+
+
+def unique(name: str, request: pytest.FixtureRequest) -> str:
+    return f"{name}-{request.node.name}".lower().replace("_", "-").replace("[", "-").strip("]")[:60]
+
+
+@pytest.mark.usefixtures("registered")
+def test_save_load_update_history_diff_rollback(request: pytest.FixtureRequest) -> None:
+    name = unique("rt", request)
+    first = WorkflowPolicy(
+        max_partial_failures=2, step_policies={"load_*": {"policy": "continue", "retries": 3}}
+    )
+    v1 = policy_blocks.save_policy(name, first)
+    loaded = policy_blocks.load_block_policy(name)
+    assert loaded.max_partial_failures == 2
+    (rule,) = loaded.step_policies
+    # a stored step policy keeps only what it set, so it still overrides field by field
+    assert rule.model_fields_set == {"match", "policy", "retries"}
+
+    second = first.model_copy(update={"max_partial_failures": 7})
+    v2 = policy_blocks.save_policy(name, second, note="more room")
+    assert (v1.number, v2.number) == (1, 2)
+    assert policy_blocks.load_block_policy(name).max_partial_failures == 7
+    assert [(v.number, v.note) for v in policy_blocks.history(name)] == [
+        (1, "saved"),
+        (2, "more room"),
+    ]
+    text = policy_blocks.diff(name, 1, 2)
+    assert "-max_partial_failures: 2" in text and "+max_partial_failures: 7" in text
+
+    v3 = policy_blocks.rollback(name)
+    assert v3.number == 3 and v3.note == "rollback to version 1"
+    assert policy_blocks.load_block_policy(name).max_partial_failures == 2
+    v4 = policy_blocks.rollback(name, to=2)
+    assert policy_blocks.load_block_policy(name).max_partial_failures == 7
+    assert len(policy_blocks.history(name)) == v4.number == 4
+    with pytest.raises(ResilienceConfigError, match="versions 1..4, not 9"):
+        policy_blocks.rollback(name, to=9)
+
+
+@pytest.mark.usefixtures("registered")
+def test_an_edit_made_outside_the_package_is_recorded_before_it_is_replaced(
+    request: pytest.FixtureRequest,
+) -> None:
+    name = unique("ui", request)
+    policy_blocks.save_policy(name, WorkflowPolicy(max_partial_failures=1))
+    block = ResiliencePolicy.load(name)
+    block.max_partial_failures = 3  # as the UI would save it
+    block.save(name, overwrite=True)
+    policy_blocks.rollback(name, to=1)
+    assert [v.note for v in policy_blocks.history(name)] == [
+        "saved",
+        "edited outside",
+        "rollback to version 1",
+    ]
+    assert policy_blocks.history(name)[1].document["max_partial_failures"] == 3
+
+
+@resilient(policy="fail_fast", default="tolerated")
+def sometimes_fatal() -> str:
+    raise RuntimeError("down")
+
+
+@pytest.mark.usefixtures("registered")
+def test_a_flow_run_picks_up_a_changed_block_on_its_next_run(
+    request: pytest.FixtureRequest,
+) -> None:
+    name = unique("live", request)
+    policy_blocks.save_policy(
+        name, WorkflowPolicy(step_policies={"sometimes_fatal": {"policy": "continue"}})
+    )
+
+    @resilient_flow(policy=name)
+    def configured() -> str:
+        return sometimes_fatal()
+
+    assert configured() == "tolerated"
+    policy_blocks.save_policy(
+        name, WorkflowPolicy(step_policies={"sometimes_fatal": {"policy": "fail_fast"}})
+    )
+    with pytest.raises(WorkflowTerminated, match="fail_fast"):
+        configured()
+
+
+@pytest.mark.usefixtures("registered")
+def test_an_invalid_block_stops_the_run_before_any_step(request: pytest.FixtureRequest) -> None:
+    name = unique("bad", request)
+    policy_blocks.save_policy(name, WorkflowPolicy())
+    block = ResiliencePolicy.load(name)
+    # the UI checks types, not our cross-field rules: a cap below the start gets saved
+    block.step_policies = [
+        {"match": "x", "backoff": {"initial": 10, "max": 1}, "retries": 1}  # type: ignore[list-item]
+    ]
+    ResiliencePolicy.model_construct(**dict(block)).save(name, overwrite=True)
+    started: list[str] = []
+
+    @resilient_flow(policy=name)
+    def guarded() -> None:
+        started.append("step")
+
+    with pytest.raises(ResilienceConfigError, match=rf"block {name}.*backoff.*below initial"):
+        guarded()
+    assert started == []
+
+
+@pytest.mark.usefixtures("registered")
+def test_a_missing_block_is_named() -> None:
+    @resilient_flow(policy="no-such-policy")
+    def orphan() -> None:
+        return None
+
+    with pytest.raises(ResilienceConfigError, match="no Resilience Policy block named"):
+        orphan()
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.usefixtures("registered")
+def test_apply_is_idempotent_and_says_what_changed(tmp_path: Path) -> None:
+    folder = tmp_path / "blocks"
+    folder.mkdir()
+    (folder / "production-resilience.yaml").write_text(
+        (ROOT / "blocks" / "production-resilience.yaml").read_text()
+    )
+    write(folder / "nightly.yaml", "max_partial_failures: 1\n")
+    first = policy_blocks.apply([folder])
+    assert sorted((c.name, c.action) for c in first) == [
+        ("nightly", "created"),
+        ("production-resilience", "created"),
+    ]
+    again = policy_blocks.apply([folder])
+    assert {c.action for c in again} == {"unchanged"}
+    write(folder / "nightly.yaml", "max_partial_failures: 2\n")
+    third = {c.name: c for c in policy_blocks.apply([folder])}
+    assert third["nightly"].action == "updated"
+    assert "-max_partial_failures: 1" in third["nightly"].diff
+    assert third["production-resilience"].action == "unchanged"
+    seed = policy_blocks.load_block_policy("production-resilience")
+    assert seed.default_failure_policy is FailurePolicy.PARTIAL_SUCCESS
+    assert seed.step_policies[2].fallbacks == ("log_notification", "queue_for_retry")
+
+
+@pytest.mark.usefixtures("registered")
+def test_applying_a_folder_with_one_bad_file_changes_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "blocks"
+    folder.mkdir()
+    write(folder / "a-good.yaml", "max_partial_failures: 11\n")
+    bad = write(folder / "b-bad.yaml", "stepPolicies:\n  x:\n    maxRetries: -1\n")
+    with pytest.raises(ResilienceConfigError) as caught:
+        policy_blocks.apply([folder])
+    assert (caught.value.path, caught.value.line) == (str(bad), 3)
+    with pytest.raises(ResilienceConfigError, match="no Resilience Policy block named"):
+        policy_blocks.load_block_policy("a-good")
+
+
+@pytest.mark.usefixtures("registered")
+def test_cli_apply_history_diff_rollback(tmp_path: Path) -> None:
+    runner = CliRunner(env={"COLUMNS": "200"})
+    file = write(tmp_path / "cli-policy.yaml", "max_partial_failures: 1\n")
+    result = runner.invoke(app, ["policy", "apply", str(file)])
+    assert result.exit_code == 0, result.output
+    assert "created cli-policy" in result.output
+    write(file, "max_partial_failures: 5\n")
+    assert "updated cli-policy" in runner.invoke(app, ["policy", "apply", str(file)]).output
+    history = runner.invoke(app, ["policy", "history", "cli-policy"])
+    assert history.exit_code == 0 and "applied from cli-policy.yaml" in history.output
+    diff = runner.invoke(app, ["policy", "diff", "cli-policy", "1", "2"])
+    assert "+max_partial_failures: 5" in diff.output
+    rolled = runner.invoke(app, ["policy", "rollback", "cli-policy"])
+    assert rolled.exit_code == 0 and "version 3 (rollback to version 1)" in rolled.output
+    assert policy_blocks.load_block_policy("cli-policy").max_partial_failures == 1
+    missing = runner.invoke(app, ["policy", "rollback", "cli-policy", "--to", "99"])
+    assert missing.exit_code == 1 and "not 99" in missing.output
+    assert runner.invoke(app, ["policy", "rollback", "cli-policy", "--to", "0"]).exit_code == 2
