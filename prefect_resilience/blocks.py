@@ -82,7 +82,7 @@ def nightly():
     max_partial_failures: int | None = _field("max_partial_failures")
     critical_step_ratio: float | None = _field("critical_step_ratio")
     termination_threshold: float | None = _field("termination_threshold")
-    health_alert_below: float | None = _field("health_alert_below")
+    health_alert_below: float = _field("health_alert_below")
     degraded_credit: float = _field("degraded_credit")
     impact_weights: dict[FailureImpact, float] = _field("impact_weights")
     step_policies: list[StepRule] = _field("step_policies")

@@ -164,8 +164,6 @@ class RunTracker(StepObserver):
             elif score >= self.pause_below:
                 self._paused_for_dip = False
         threshold = self.policy.health_alert_below
-        if threshold is None:
-            return None
         if score < threshold and not self._below_alert:
             self._below_alert = True
             return threshold

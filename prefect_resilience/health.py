@@ -182,7 +182,7 @@ class HealthLedger:
         for name, fallback in list(self._degraded_by_step.items())[:limit]:
             advice.append(f"{name}: relied on {fallback}; its primary needs attention")
         threshold = self.policy.health_alert_below
-        if threshold is not None and self.total and self.score < threshold:
+        if self.total and self.score < threshold:
             advice.append(f"health {self.score:.2f} is below the alert threshold {threshold:.2f}")
         return advice
 

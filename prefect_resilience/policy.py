@@ -292,7 +292,7 @@ class StepRule(StepPolicy):
     """
 
     match: str = Field(
-        min_length=1, description="Task name glob, or 'tag:<glob>' to match a task tag."
+        min_length=1, description="Task name glob, or 'tag:' and a glob to match a task tag."
     )
 
     def matches(self, task_name: str, tags: Iterable[str] = ()) -> bool:
@@ -338,6 +338,7 @@ class WorkflowPolicy(_Model):
     name: str | None = Field(None, description="The policy's name, for reports and blocks.")
     default_failure_policy: FailurePolicy = Field(
         FailurePolicy.FAIL_FAST,
+        title="Default failure policy",
         validation_alias=_aliases("default_failure_policy", "defaultFailurePolicy"),
         description="Failure policy of a step that neither its decorator nor a step policy sets.",
     )
@@ -375,18 +376,18 @@ class WorkflowPolicy(_Model):
         validation_alias=_aliases("degraded_credit", "degradedCredit"),
         description="Health credit of a step whose fallback supplied the result (success is 1).",
     )
-    health_alert_below: float | None = Field(
+    health_alert_below: float = Field(
         0.85,
         ge=0,
         le=1,
         validation_alias=_aliases("health_alert_below", "healthAlertBelow"),
-        description="Emit a health event when the score crosses below this; empty: never.",
+        description="Emit a health event when the score crosses below this; 0 turns it off.",
     )
     step_policies: Annotated[tuple[StepRule, ...], BeforeValidator(_rules)] = Field(
         (),
         validation_alias=_aliases("step_policies", "stepPolicies"),
-        description="Step policies matched by task name glob or 'tag:<glob>'; the first match"
-        " applies.",
+        description="Step policies matched by task name glob, or 'tag:' and a tag glob;"
+        " the first match applies.",
     )
 
     @field_validator("impact_weights")

@@ -1,0 +1,260 @@
+"""A real browser test of the Resilience Policy block form in Prefect's UI.
+
+A `prefect server start` of its own (own PREFECT_HOME, own SQLite file) serves
+the UI; headless Chromium (Debian's `chromium`, driven by Playwright) fills the
+block's create form the way a user would and saves it; the block is then loaded
+in Python and must give back exactly the typed values. A screenshot of the
+filled form is kept for the user guide (docs/img/resilience-policy-form.png).
+
+This test does not use the `prefect_server` fixture of conftest.py: that one is
+an in-process test harness; this one is the server a user starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = ROOT / "docs" / "img" / "resilience-policy-form.png"
+PREFECT = Path(sys.executable).parent / "prefect"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # without these Chromium keeps calling home, which floods a closed network
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVER_STARTUP_TIMEOUT = 90.0
+
+BLOCK_NAME = "ui-made-policy"
+STEP_POLICIES = [{"match": "load_*", "policy": "continue", "retries": 2}]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Terminate the server (its own process group), then kill it if it lingers."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def ui_server(tmp_path: Path) -> Iterator[str]:
+    """`prefect server start` on a free port with its own PREFECT_HOME; yields its base URL."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"{base}/api",
+        # the UI's JavaScript calls this URL; by default it is the one of port 4200
+        "PREFECT_UI_API_URL": f"{base}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+    }
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, stopped as a whole
+        )
+    try:
+        deadline = time.monotonic() + SERVER_STARTUP_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                pytest.fail(
+                    f"prefect server exited with {process.returncode}:\n"
+                    + log_path.read_text(errors="replace")[-3000:]
+                )
+            try:
+                with urllib.request.urlopen(f"{base}/api/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"prefect server did not answer {base}/api/health within"
+                    f" {SERVER_STARTUP_TIMEOUT:.0f}s:\n"
+                    + log_path.read_text(errors="replace")[-3000:]
+                )
+            time.sleep(0.5)
+        yield base
+    finally:
+        _stop(process)
+
+
+@pytest.fixture
+def browser_page() -> Iterator[object]:
+    """A page of headless Debian Chromium with a fresh profile."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); .ci/run installs it")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not importable (pip install playwright)")
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    try:
+        with sync_playwright() as playwright:
+            context = playwright.chromium.launch_persistent_context(
+                profile,
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=CHROMIUM_ARGS,
+                viewport={"width": 1280, "height": 900},
+            )
+            try:
+                context.set_default_timeout(30_000)
+                yield context.new_page()
+            finally:
+                context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.timeout(300)
+def test_block_form_in_the_ui_saves_what_was_typed(browser_page, ui_server: str) -> None:
+    from playwright.sync_api import expect
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_resilience.blocks import LOGO_FILE, ResiliencePolicy
+    from prefect_resilience.policy import (
+        DEFAULT_IMPACT_WEIGHTS,
+        FailureImpact,
+        FailurePolicy,
+        StepRule,
+    )
+
+    # Playwright's sync API keeps an event loop running in this thread, and Prefect's
+    # sync/async dispatch would then hand back a coroutine: ask for the sync call
+    api_url = f"{ui_server}/api"
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        ResiliencePolicy.register_type_and_schema(_sync=True)
+
+    page = browser_page
+    # the block type's logo URL is on GitHub, out of reach of a closed network: serve
+    # the copy that ships with the package, so the screenshot shows the real logo
+    page.route(
+        str(ResiliencePolicy._logo_url),
+        lambda route: route.fulfill(path=LOGO_FILE, content_type="image/png"),
+    )
+    page.goto(f"{ui_server}/blocks/catalog/resilience-policy/create")
+    form = page.locator("form.block-schema-create-form")
+    expect(form).to_be_visible(timeout=60_000)
+
+    # Block name: a plain text input
+    name_field = form.locator(".p-label").filter(has=page.locator("label", has_text="Block Name"))
+    name_field.locator("input").fill(BLOCK_NAME)
+
+    # default_failure_policy: an enum, rendered as a drop-down (the only one on the
+    # form). In headless Chromium a click on its button opens and closes it at once
+    # (only its chevron reacts to a click); the keyboard opens it reliably.
+    select = form.locator(".p-select-button__control")
+    expect(select).to_have_count(1)
+    expect(select).to_have_text("fail_fast")
+    select.focus()
+    select.press("ArrowDown")
+    options = page.get_by_role("option")
+    expect(options).to_have_text(
+        ["fail_fast", "continue", "partial_success", "graceful_degradation"]
+    )
+    options.filter(has_text="partial_success").click()
+    expect(select).to_have_text("partial_success")
+
+    # max_partial_failures: int | None, rendered as an integer/null switch with a number input
+    max_partial = form.locator(".schema-form-property-any-of").filter(
+        has=page.locator("h3", has_text="Max Partial Failures")
+    )
+    max_partial.locator("input[type=number]").fill("4")
+
+    # step_policies: a list of objects, rendered as a JSON editor (no per-item form)
+    step_field = form.locator(".schema-form-property").filter(
+        has=page.locator("label", has_text="Step Policies")
+    )
+    step_field.locator("textarea").fill(json.dumps(STEP_POLICIES, indent=2))
+    step_field.locator("textarea").blur()
+
+    # the whole form, for the user guide: the page scrolls inside .app-router-view,
+    # so make the viewport as tall as its content before the full-page shot
+    height = page.evaluate(
+        "() => { const v = document.querySelector('.app-router-view');"
+        " return v ? v.scrollHeight : document.documentElement.scrollHeight; }"
+    )
+    page.set_viewport_size({"width": 1280, "height": max(900, int(height) + 40)})
+    page.mouse.move(0, 0)
+    logo = page.locator(".block-type-card-preview__logo img")
+    expect(logo).to_be_visible()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=logo.element_handle())
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    form.get_by_role("button", name="Create", exact=True).click()
+    # after a save the UI shows the new block's page
+    page.wait_for_url("**/blocks/block/**", timeout=60_000)
+    expect(page.get_by_text(BLOCK_NAME).first).to_be_visible()
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        block = ResiliencePolicy.load(BLOCK_NAME, _sync=True)
+        policy = block.to_policy()
+
+    assert policy.name == BLOCK_NAME
+    assert policy.default_failure_policy is FailurePolicy.PARTIAL_SUCCESS
+    assert policy.max_partial_failures == 4
+    assert isinstance(policy.max_partial_failures, int)
+    assert policy.step_policies == (
+        StepRule(match="load_*", policy=FailurePolicy.CONTINUE, retries=2),
+    )
+    (rule,) = policy.step_policies
+    assert rule.match == "load_*"
+    assert rule.policy is FailurePolicy.CONTINUE
+    assert rule.retries == 2
+    # a step policy overrides only what it sets: nothing else may have been filled in
+    assert rule.model_fields_set == {"match", "policy", "retries"}
+    assert rule.impact is FailureImpact.MAJOR
+    assert rule.critical is False
+    # what was left alone keeps its default
+    assert policy.critical_step_ratio is None
+    assert policy.termination_threshold is None
+    assert policy.health_alert_below == 0.85
+    assert policy.degraded_credit == 0.5
+    assert policy.impact_weights == DEFAULT_IMPACT_WEIGHTS
