@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 		{ echo "Python 3.11 or newer is needed (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,dask]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,dask,plots]'
 	touch $(STAMP)
 
 # The demo keeps its Prefect home (and embedded SQLite server) inside the repo.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -155,6 +155,105 @@ def roll_back(
     except ResilienceConfigError as exc:
         raise _fail(exc) from None
     console.print(f"{name}: saved version {version.number} ({version.note})")
+
+
+def _since(value: str | None) -> Any:
+    from prefect_resilience.history import parse_since
+
+    try:
+        return parse_since(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _rich_table(title: str, frame: Any, columns: list[str], index: str) -> Table:
+    table = Table(title=title)
+    table.add_column(index)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for key, row in frame[columns].iterrows():
+        cells = []
+        for value in row:
+            if isinstance(value, float):
+                cells.append("-" if value != value else f"{value:.3g}")
+            else:
+                cells.append(str(value))
+        table.add_row(str(key), *cells)
+    return table
+
+
+@app.command("analyze")
+def analyze_history(
+    flow: Annotated[str | None, typer.Option(help="Flow name (default: every flow).")] = None,
+    since: Annotated[str, typer.Option(help="Window start: 7d, 12h, 2w or an ISO date.")] = "7d",
+    deployment: Annotated[str | None, typer.Option(help="Deployment id.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Flow run tag (repeatable).")] = None,
+    recent: Annotated[str, typer.Option(help="Recent window for degradation tests.")] = "1D",
+    baseline: Annotated[str, typer.Option(help="Baseline window before it.")] = "7D",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    html_file: Annotated[
+        Path | None, typer.Option("--html", help="Write a self-contained HTML report here.")
+    ] = None,
+    refresh: Annotated[bool, typer.Option(help="Ignore the local cache.")] = False,
+) -> None:
+    """Statistics, trends, failure patterns and continuity from Prefect's run history."""
+    import json
+
+    from prefect_resilience.analytics.summary import analyze
+    from prefect_resilience.history import load_history
+
+    history = load_history(
+        flow, since=_since(since), deployment_id=deployment, tags=tag or [], refresh=refresh,
+        progress=not as_json,
+    )  # fmt: skip
+    analysis = analyze(
+        history.task_runs, history.flow_runs, history.reports, recent=recent, baseline=baseline
+    )
+    if html_file is not None:
+        from prefect_resilience.analytics.html import render_html
+
+        try:
+            text = render_html(analysis, history.flow_runs, history.task_runs, history.reports,
+                               title=f"Resilience analysis: {flow or 'all flows'}")  # fmt: skip
+        except RuntimeError as exc:
+            errors.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        html_file.write_text(text, encoding="utf-8")
+    if as_json:
+        print(json.dumps(analysis.to_json(), indent=2))
+        return
+    console.print(
+        f"[bold]{flow or 'all flows'}[/bold] since {since}: {analysis.flow_runs} flow runs,"
+        f" {analysis.task_runs} task runs"
+    )
+    if analysis.flow_runs == 0:
+        console.print("no runs in this window")
+        return
+    console.print(_rich_table("continuity", analysis.continuity, [
+        "n_finished", "completion_rate", "partial_success_rate", "termination_rate",
+        "critical_failure_rate", "mttr_s"], "flow"))  # fmt: skip
+    if not analysis.steps.empty:
+        console.print(_rich_table("steps (failure rate with 95% Wilson interval)", analysis.steps, [
+            "runs", "failure_rate", "failure_rate_low", "failure_rate_high", "attempts_mean",
+            "recovered_by_retry", "p50_s", "p95_s", "wasted_retry_s"], "step"))  # fmt: skip
+    degradation = analysis.degradation
+    if not degradation.empty:
+        console.print(_rich_table(
+            f"degradation: last {recent} against the {baseline} before", degradation,
+            ["recent_runs", "recent_rate", "baseline_runs", "baseline_rate", "p_value",
+             "degraded"], "step"))  # fmt: skip
+    if not analysis.patterns.empty:
+        console.print(_rich_table("failure patterns", analysis.patterns.head(10).set_index(
+            "task_name"), ["error_type", "template", "failures", "share"], "step"))  # fmt: skip
+    hour = analysis.concentration.hour
+    console.print(
+        f"failures by hour of day: chi-square p={hour.p_value:.3g} over {hour.failures}"
+        f" failures in {hour.runs} runs"
+        if hour.failures
+        else "no failures to place in time"
+    )
+    if html_file is not None:
+        console.print(f"HTML report: {html_file}")
 
 
 @app.command("register")
