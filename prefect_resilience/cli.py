@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -202,10 +203,23 @@ def analyze_history(
     from prefect_resilience.analytics.summary import analyze
     from prefect_resilience.history import load_history
 
-    history = load_history(
-        flow, since=_since(since), deployment_id=deployment, tags=tag or [], refresh=refresh,
-        progress=not as_json,
-    )  # fmt: skip
+    try:
+        history = load_history(
+            flow, since=_since(since), deployment_id=deployment, tags=tag or [],
+            refresh=refresh, progress=not as_json,
+        )  # fmt: skip
+    except (OSError, httpx.HTTPError) as exc:
+        from prefect.settings import PREFECT_API_URL
+
+        errors.print(
+            f"[red]error:[/red] cannot read run history from the Prefect API at"
+            f" {PREFECT_API_URL.value() or '(embedded server)'}: {exc}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+    if history.flow_runs.empty:
+        errors.print(f"no runs match: flow {flow or '(any)'}, since {since}", soft_wrap=True)
+        raise typer.Exit(1)
     analysis = analyze(
         history.task_runs, history.flow_runs, history.reports, recent=recent, baseline=baseline
     )
@@ -226,9 +240,6 @@ def analyze_history(
         f"[bold]{flow or 'all flows'}[/bold] since {since}: {analysis.flow_runs} flow runs,"
         f" {analysis.task_runs} task runs"
     )
-    if analysis.flow_runs == 0:
-        console.print("no runs in this window")
-        return
     console.print(_rich_table("continuity", analysis.continuity, [
         "n_finished", "completion_rate", "partial_success_rate", "termination_rate",
         "critical_failure_rate", "mttr_s"], "flow"))  # fmt: skip

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,6 +28,8 @@ from uuid import UUID
 import pandas as pd
 
 from prefect_resilience.report import REPORT_TYPE
+
+logger = logging.getLogger("prefect_resilience.history")
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 PAGE = 200
@@ -186,7 +189,10 @@ def flow_run_record(run: Any, flow_name: str) -> dict[str, Any]:
     }
 
 
-def report_record(data: dict[str, Any]) -> dict[str, Any]:
+def report_record(data: Any) -> dict[str, Any]:
+    """The report columns of a resilience report artifact; ValueError if it is not one."""
+    if not isinstance(data, dict) or "overall_status" not in data:
+        raise ValueError("not a resilience report")
     impact = data.get("business_impact") or {}
     health = data.get("health") or {}
     return {
@@ -359,6 +365,7 @@ def _fetch_details(
     )
 
     bar = _progress(progress, len(flow_run_ids))
+    skipped = 0
     try:
         for ids in _chunks(flow_run_ids, ID_BATCH):
             names = {str(i): cache.flow_runs[str(i)]["flow_name"] for i in ids}
@@ -377,13 +384,17 @@ def _fetch_details(
                 ),
             )
             for artifact in artifacts:
-                if isinstance(artifact.data, dict):
+                try:
                     cache.reports[str(artifact.flow_run_id)] = report_record(artifact.data)
+                except (AttributeError, TypeError, ValueError):
+                    skipped += 1
             if bar:
                 bar[0].advance(bar[1], len(ids))
     finally:
         if bar:
             bar[0].stop()
+        if skipped:
+            logger.warning("skipped %s malformed or foreign %s artifacts", skipped, REPORT_TYPE)
 
 
 def _progress(wanted: bool, total: int) -> tuple[Any, Any] | None:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
+import random
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect import flow, task
 from typer.testing import CliRunner
 
+from prefect_resilience.analytics import step_statistics
 from prefect_resilience.cli import app
+from prefect_resilience.history import load_history
+from prefect_resilience.report import REPORT_TYPE
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -85,3 +92,63 @@ def test_monitor_flow_publishes_its_analysis(scenario_history: int, client: Any)
         )
     )
     assert artifacts and "# Resilience analysis: seed-scenario" in artifacts[0].data
+
+
+@task
+def coin(i: int, seed: int, p: float, seconds: float) -> int:
+    """Fails with probability p (a fixed draw per seed and step), after `seconds` of work."""
+    time.sleep(seconds)
+    if random.Random(f"{seed}:{i}").random() < p:
+        raise RuntimeError(f"coin {i} came up tails")
+    return i
+
+
+@flow(name="known-parameters")
+def known_parameters(seed: int, p: float = 0.3, seconds: float = 0.02) -> None:
+    futures = coin.map(range(5), seed=seed, p=p, seconds=seconds)
+    futures.wait()
+
+
+def test_the_analysis_recovers_known_failure_rates_and_durations() -> None:
+    for seed in range(40):
+        known_parameters(seed, return_state=True)
+    history = load_history("known-parameters", refresh=True)
+    (row,) = step_statistics(history.task_runs).to_dict("records")
+    assert row["runs"] == 200
+    assert row["failure_rate_low"] <= 0.3 <= row["failure_rate_high"]
+    # each run sleeps 0.02 s; Prefect's own work adds a little, never removes any
+    assert 0.02 <= row["p50_s"] <= 0.2
+
+
+def test_an_empty_history_says_no_runs_match() -> None:
+    result = runner.invoke(app, ["analyze", "--flow", "never-ran", "--since", "1d"])
+    assert result.exit_code == 1
+    assert "no runs match" in result.output
+
+
+def test_an_unreachable_api_is_a_clear_error() -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        result = runner.invoke(app, ["analyze", "--flow", "any", "--refresh"])
+    assert result.exit_code == 1
+    assert "cannot read run history from the Prefect API at http://127.0.0.1:9/api" in (
+        result.output
+    )
+
+
+def test_foreign_report_artifacts_are_skipped_and_counted(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    state = known_parameters(999, p=0.0, seconds=0.0, return_state=True)
+    client.create_artifact(
+        ArtifactCreate(
+            type=REPORT_TYPE, data={"not": "ours"}, flow_run_id=state.state_details.flow_run_id
+        )
+    )
+    with caplog.at_level(logging.WARNING, logger="prefect_resilience.history"):
+        history = load_history("known-parameters", refresh=True)
+    assert history.reports.empty
+    assert "skipped 1 malformed or foreign resilience-report artifacts" in caplog.text
