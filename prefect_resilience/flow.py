@@ -15,7 +15,8 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -428,42 +429,39 @@ def _report_crash(flow: Any, flow_run: Any, state: Any) -> None:
         tracker.finish(RunStatus.CRASHED, state.message or "crashed")
 
 
+@contextmanager
+def _judged(settings: _RunSettings, flow_name: str) -> Iterator[RunTracker]:
+    """The scope of one run's body: its tracker observes, and a raise ends the run honestly."""
+    tracker = _start(settings, flow_name)
+    try:
+        with observing(tracker):
+            try:
+                yield tracker
+            except BaseException as error:
+                ending = _end_with(tracker, error)
+                if ending is error:
+                    raise
+                raise ending from error
+    finally:
+        _forget(tracker)
+
+
 def _wrap(fn: Callable[..., Any], settings: _RunSettings, flow_name: str) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def run_async(*args: Any, **kwargs: Any) -> Any:
-            tracker = _start(settings, flow_name)
-            try:
-                with observing(tracker):
-                    try:
-                        value = await fn(*args, **kwargs)
-                    except BaseException as error:
-                        ending = _end_with(tracker, error)
-                        if ending is error:
-                            raise
-                        raise ending from error
-                    return _end(tracker, value)
-            finally:
-                _forget(tracker)
+            with _judged(settings, flow_name) as tracker:
+                value = await fn(*args, **kwargs)
+            return _end(tracker, value)
 
         return run_async
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        tracker = _start(settings, flow_name)
-        try:
-            with observing(tracker):
-                try:
-                    value = fn(*args, **kwargs)
-                except BaseException as error:
-                    ending = _end_with(tracker, error)
-                    if ending is error:
-                        raise
-                    raise ending from error
-                return _end(tracker, value)
-        finally:
-            _forget(tracker)
+        with _judged(settings, flow_name) as tracker:
+            value = fn(*args, **kwargs)
+        return _end(tracker, value)
 
     return run
 
