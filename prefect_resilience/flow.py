@@ -140,7 +140,10 @@ class RunTracker(StepObserver):
             fired = self.ledger.add(outcome)
             score = self.ledger.score
             crossed = self._note_health(score)
-        if outcome.status in (StepStatus.DEGRADED, StepStatus.TOLERATED):
+        if self.flow_run_id is not None and outcome.status in (
+            StepStatus.DEGRADED,
+            StepStatus.TOLERATED,
+        ):
             self._emit_step(outcome, score)
         if crossed:
             self._emit_run("health.below-threshold", score, {"threshold": crossed})

@@ -6,6 +6,7 @@ finished resilient step; the run's health is computed from outcomes alone.
 
 from __future__ import annotations
 
+import heapq
 from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
@@ -98,7 +99,8 @@ class WorkflowHealth(BaseModel):
 
 
 class HealthLedger:
-    """Running totals of a run's outcomes: O(1) per outcome and per health reading.
+    """Running totals of a run's outcomes: O(1) per outcome; a health reading costs
+    O(k log 5) in the k distinct failing step names (its recommendations).
 
     It applies the workflow policy's termination rules after each outcome;
     the first rule that fires stops the run for good.
@@ -171,7 +173,7 @@ class HealthLedger:
     def recommendations(self, limit: int = 5) -> list[str]:
         """Advice from what failed in this run, most frequent failures first."""
         advice = []
-        worst = sorted(self._failures_by_step.items(), key=lambda kv: -kv[1])[:limit]
+        worst = heapq.nlargest(limit, self._failures_by_step.items(), key=lambda kv: kv[1])
         for name, count in worst:
             kind = self._failure_kinds[name]
             runs = "run" if count == 1 else "runs"
@@ -188,7 +190,6 @@ class HealthLedger:
 
     def _apply_rules(self, outcome: StepOutcome) -> None:
         policy = self.policy
-        failing = sorted(self._failures_by_step)
         if outcome.status is StepStatus.FAILED and outcome.action is FailureAction.TERMINATE:
             self.stop(
                 TerminationRule.FAIL_FAST,
@@ -198,7 +199,7 @@ class HealthLedger:
             self.stop(
                 TerminationRule.MAX_PARTIAL_FAILURES,
                 f"{self.failed} failed steps exceed max_partial_failures"
-                f" {policy.max_partial_failures}: {_names(failing)}",
+                f" {policy.max_partial_failures}: {self._failing()}",
             )
         elif (
             policy.critical_step_ratio is not None
@@ -208,7 +209,7 @@ class HealthLedger:
             self.stop(
                 TerminationRule.CRITICAL_STEP_RATIO,
                 f"critical steps succeeded {self.critical_delivered}/{self.critical_total},"
-                f" under critical_step_ratio {policy.critical_step_ratio}: {_names(failing)}",
+                f" under critical_step_ratio {policy.critical_step_ratio}: {self._failing()}",
             )
         elif (
             policy.termination_threshold is not None
@@ -217,10 +218,11 @@ class HealthLedger:
             self.stop(
                 TerminationRule.TERMINATION_THRESHOLD,
                 f"{self.critical_failures} critical failures in {self.total} steps exceed"
-                f" termination_threshold {policy.termination_threshold}: {_names(failing)}",
+                f" termination_threshold {policy.termination_threshold}: {self._failing()}",
             )
 
-
-def _names(names: list[str], limit: int = 10) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    def _failing(self, limit: int = 10) -> str:
+        """The failed steps' names, for a termination message (built only when one fires)."""
+        names = sorted(self._failures_by_step)
+        shown = ", ".join(names[:limit])
+        return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
