@@ -61,8 +61,9 @@ class History:
       (UTC; NaT while unknown), duration_s, tags.
     task_runs: task_run_id, flow_run_id, flow_name, task_name, task_run_name,
       task_key, state_type, state_name, run_count (attempts), start_time,
-      end_time, duration_s, tags, policy / critical / impact (from this
-      package's tags; None / False on plain tasks), error_type, error_message
+      end_time, duration_s, tags, policy / critical / impact (as the run's
+      report recorded them, or from `tag_runs` tags; None / False on plain
+      tasks), error_type, error_message
       (from the state message), upstream (task_run_ids from task_inputs).
     reports: one row per run with a resilience report: flow_run_id,
       overall_status, health_score, stopped_by, and the function names by
@@ -195,8 +196,15 @@ def report_record(data: Any) -> dict[str, Any]:
         raise ValueError("not a resilience report")
     impact = data.get("business_impact") or {}
     health = data.get("health") or {}
+    steps = {
+        str(step["task_run_id"]): [step.get("policy"), bool(step.get("critical")),
+                                   step.get("impact")]
+        for step in data.get("steps") or []
+        if isinstance(step, dict) and step.get("task_run_id")
+    }  # fmt: skip
     return {
         "flow_run_id": str(data.get("flow_run_id")),
+        "steps": steps,  # policy, critical, impact per task run, as the run applied them
         "overall_status": data.get("overall_status"),
         "health_score": health.get("health_score"),
         "stopped_by": health.get("stopped_by"),
@@ -434,9 +442,24 @@ def _frames(
     runs = [r for r in cache.flow_runs.values() if chosen(r)]
     ids = {r["flow_run_id"] for r in runs}
     flow_runs = _frame(runs, FLOW_RUN_COLUMNS)
-    task_runs = _frame([t for i in ids for t in cache.task_runs.get(i, [])], TASK_RUN_COLUMNS)
+    task_runs = _frame(
+        [_with_policy(t, cache) for i in ids for t in cache.task_runs.get(i, [])],
+        TASK_RUN_COLUMNS,
+    )
     reports = _frame([cache.reports[i] for i in ids if i in cache.reports], REPORT_COLUMNS)
     return History(flow_runs, task_runs, reports, fetched)
+
+
+def _with_policy(run: dict[str, Any], cache: Cache) -> dict[str, Any]:
+    """Policy, criticality and impact from the run's report where its tags do not say."""
+    if run["policy"] is not None:
+        return run
+    report = cache.reports.get(run["flow_run_id"]) or {}
+    applied = (report.get("steps") or {}).get(run["task_run_id"])
+    if not applied:
+        return run
+    policy, critical, impact = applied
+    return {**run, "policy": policy, "critical": critical, "impact": impact}
 
 
 def _frame(records: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:

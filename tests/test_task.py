@@ -292,7 +292,7 @@ def test_stacked_over_task_keeps_prefect_options_and_hooks() -> None:
     def remember(task: Any, run: Any, state: Any) -> None:
         seen.append(state.type.value)
 
-    @resilient(policy="continue", default=0)
+    @resilient(policy="continue", default=0, tag_runs=True)
     @task(name="stacked", retries=2, retry_delay_seconds=0, tags=["mine"], on_failure=[remember])
     def stacked() -> int:
         raise Boom("x")
@@ -329,12 +329,14 @@ def test_with_options_keeps_the_policy_and_changes_what_it_is_told() -> None:
     assert run() == 1001
 
 
-def test_critical_steps_are_tagged() -> None:
-    @resilient(policy="fail_fast", critical=True, impact="critical")
+def test_runs_are_tagged_only_when_asked() -> None:
+    @resilient(policy="fail_fast", critical=True, impact="critical", tag_runs=True)
     def db() -> None:
         return None
 
     assert {"resilience:fail_fast", "resilience:critical", "resilience:impact:critical"} <= db.tags
+    assert db.with_options(policy="continue").tags >= {"resilience:continue"}
+    assert continue_step.tags == set()  # tags cost a Prefect API call per task run
 
 
 def test_outcomes_of_a_map_are_one_per_element_with_its_own_fallback_input() -> None:
