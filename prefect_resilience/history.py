@@ -440,7 +440,7 @@ def _frames(
         )
 
     runs = [r for r in cache.flow_runs.values() if chosen(r)]
-    ids = {r["flow_run_id"] for r in runs}
+    ids = sorted(r["flow_run_id"] for r in runs)  # the same frames in every process
     flow_runs = _frame(runs, FLOW_RUN_COLUMNS)
     task_runs = _frame(
         [_with_policy(t, cache) for i in ids for t in cache.task_runs.get(i, [])],
@@ -472,5 +472,6 @@ def _frame(records: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
     if "duration_s" in frame:
         frame["duration_s"] = frame["duration_s"].astype(float)
     if "start_time" in frame:
-        frame = frame.sort_values("start_time", na_position="last")
+        frame = frame.sort_values([columns[0], "start_time"], na_position="last")
+        frame = frame.sort_values("start_time", na_position="last", kind="stable")
     return frame.reset_index(drop=True)
