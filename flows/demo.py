@@ -23,6 +23,9 @@ from rich.table import Table
 from seed_scenario import seed_scenario
 
 from prefect_resilience import PartialSuccessResult, get_report, resilient, resilient_flow
+from prefect_resilience.analytics.summary import analyze
+from prefect_resilience.analytics.summary import to_markdown as analysis_markdown
+from prefect_resilience.history import load_history, parse_since
 from prefect_resilience.report import to_markdown
 
 _db_attempts = itertools.count(1)
@@ -183,6 +186,10 @@ def main() -> None:
     latest = run_history(console, args.runs, args.failure_rate)
     console.rule("3. The latest run's report (the resilience-report artifact)")
     console.print(Markdown(to_markdown(latest)))
+    console.rule("4. What the run history says (prefect-resilience analyze --flow seed-scenario)")
+    history = load_history("seed-scenario", since=parse_since("1d"))
+    analysis = analyze(history.task_runs, history.flow_runs, history.reports)
+    console.print(Markdown(analysis_markdown(analysis, "seed-scenario, last day")))
     console.print(f"[dim]Finished in {time.perf_counter() - started:.1f}s[/dim]")
 
 

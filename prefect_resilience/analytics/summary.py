@@ -135,7 +135,8 @@ def _cell(value: Any) -> str:
         return "-" if math.isnan(value) else f"{value:.3g}"
     if isinstance(value, pd.Timestamp):
         return value.strftime("%Y-%m-%d %H:%M")
-    return str(value).replace("|", "\\|")
+    # placeholders such as <num> would be read as HTML tags and vanish
+    return str(value).replace("|", "\\|").replace("<", "\\<")
 
 
 def _concentration(c: Any) -> dict[str, Any]:
