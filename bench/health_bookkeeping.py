@@ -270,23 +270,20 @@ def main() -> None:
         " temporary Prefect server (`prefect_test_harness`); the cost measured is Prefect's"
         " `emit_event` putting the event on its events worker's queue, not the sending."
         if args.real_events
-        else "`RunTracker.record` tries to emit a Prefect event for every degraded or tolerated"
-        f" step even with `flow_run_id=None` ({tracker_events} events per {args.steps:,}"
-        " updates here); with no server configured, Prefect would start a temporary server"
-        " to take them (about 10 s on the first event). This benchmark is pure, so"
-        " `prefect.events.emit_event` is replaced by a counter: the tracker's own code,"
-        " which builds each event's payload, is measured; sending it is not. Run with"
-        " `--real-events` to include it."
+        else "`RunTracker.record` emits a Prefect event for every degraded or tolerated step"
+        f" of a flow run; with `flow_run_id=None` it emitted {tracker_events} per"
+        f" {args.steps:,} updates here. This benchmark is pure, so"
+        " `prefect.events.emit_event` is replaced by a counter. Run with"
+        " `--real-events` to send them to a temporary server."
     )
     mix = ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
     failing = {scheme: results[("HealthLedger", scheme)]["failing_names"] for scheme in schemes}
     growth = (
-        "With distinct names the cost grows with the run: the ledger keeps failures per step"
-        " name, `add` sorts the failing names after every outcome (for the termination"
-        " message) and `health()` sorts them again for its recommendations, so both are"
-        " O(k log k) in the k distinct failing step names ("
+        "An update does not depend on how many steps came before. A `health()` reading"
+        " builds its recommendations from the most frequent failures, so it grows with the"
+        " k distinct failing step names ("
         + ", ".join(f"k = {v:,} with {k}" for k, v in failing.items())
-        + " at the end), not O(1) as `HealthLedger`'s docstring says."
+        + " at the end); `score` alone is constant."
     )
     body = f"""Pure, no Prefect server. {args.steps:,} pre-made `StepOutcome`s ({mix}; 10%
 critical, impacts mixed) are fed one by one to a fresh `HealthLedger(policy).add` and to a

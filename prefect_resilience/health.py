@@ -7,6 +7,7 @@ finished resilient step; the run's health is computed from outcomes alone.
 from __future__ import annotations
 
 import heapq
+import itertools
 from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
@@ -99,8 +100,8 @@ class WorkflowHealth(BaseModel):
 
 
 class HealthLedger:
-    """Running totals of a run's outcomes: O(1) per outcome; a health reading costs
-    O(k log 5) in the k distinct failing step names (its recommendations).
+    """Running totals of a run's outcomes: O(1) per outcome; a health reading is O(k)
+    in the k distinct failing step names (it picks the most frequent for its advice).
 
     It applies the workflow policy's termination rules after each outcome;
     the first rule that fires stops the run for good.
@@ -181,7 +182,7 @@ class HealthLedger:
                 f"{name}: {count} {runs} failed ({kind}); check whether retries or a"
                 " fallback would save it"
             )
-        for name, fallback in list(self._degraded_by_step.items())[:limit]:
+        for name, fallback in itertools.islice(self._degraded_by_step.items(), limit):
             advice.append(f"{name}: relied on {fallback}; its primary needs attention")
         threshold = self.policy.health_alert_below
         if self.total and self.score < threshold:
