@@ -104,9 +104,11 @@ class RunTracker(StepObserver):
         flow_run_id: UUID | None,
         pause_below: float | None = None,
         pause_timeout: int = 3600,
+        report_wait: float = 10.0,
         parent: StepObserver | None = None,
     ) -> None:
         self.policy = policy
+        self.report_wait = report_wait
         self.flow_name = flow_name
         self.flow_run_id = flow_run_id
         self.pause_below = pause_below
@@ -218,7 +220,7 @@ class RunTracker(StepObserver):
             health = self.ledger.health()
             loops = list(self.loops)
         try:
-            outcomes = with_run_details(outcomes)
+            outcomes = with_run_details(outcomes, timeout=self.report_wait)
         except Exception as exc:  # the report matters more than attempt counts
             logger.warning("could not read attempts from Prefect: %s", exc)
         status = status or run_status(outcomes, health)
@@ -365,6 +367,7 @@ class _RunSettings:
     policy: PolicySource
     pause_below: float | None
     pause_timeout: int
+    report_wait: float
 
 
 _trackers: dict[UUID, RunTracker] = {}
@@ -380,6 +383,7 @@ def _start(settings: _RunSettings, flow_name: str) -> RunTracker:
         flow_run_id=flow_run_id,
         pause_below=settings.pause_below,
         pause_timeout=settings.pause_timeout,
+        report_wait=settings.report_wait,
         parent=current_observer(),
     )
     if flow_run_id is not None:
@@ -475,6 +479,7 @@ def resilient_flow(
     policy: PolicySource = None,
     pause_below: float | None = None,
     pause_timeout: int = 3600,
+    report_wait: float = 10.0,
     **flow_options: Any,
 ) -> Any:
     """Make a flow resilient: a workflow policy, live health, termination, a report.
@@ -484,7 +489,10 @@ def resilient_flow(
     `WorkflowPolicy`, a YAML file, or nothing (plain Prefect behaviour); it is
     read when each run starts. `pause_below` pauses the run for a
     `LowHealthDecision` when health falls below it; no answer within
-    `pause_timeout` seconds aborts the run.
+    `pause_timeout` seconds aborts the run. `report_wait` bounds how long the
+    end of a run waits for Prefect to record its task runs (for attempts in
+    the report); Prefect records them from events, which lag under heavy load,
+    and steps still unrecorded then keep `attempts` unknown.
     """
     if pause_below is not None and not 0 <= pause_below <= 1:
         raise ResilienceConfigError("must be between 0 and 1", field="pause_below")
@@ -493,7 +501,9 @@ def resilient_flow(
             f"expected a WorkflowPolicy, a YAML path or a block name, got {policy!r}",
             field="policy",
         )
-    settings = _RunSettings(policy, pause_below, pause_timeout)
+    if report_wait < 0:
+        raise ResilienceConfigError("must be >= 0 seconds", field="report_wait")
+    settings = _RunSettings(policy, pause_below, pause_timeout, report_wait)
 
     def decorate(fn: Any) -> Flow[..., Any]:
         if isinstance(fn, Flow):

@@ -451,3 +451,19 @@ def test_dask_scenario_gives_the_same_report() -> None:
         threads.business_impact.model_dump(exclude={"overall_health_score"})
     )
     assert dask.health.health_score == pytest.approx(threads.health.health_score)
+
+
+def test_report_wait_bounds_the_wait_for_prefects_record() -> None:
+    @resilient_flow(report_wait=0)
+    def hurried() -> str:
+        return fetch("k")
+
+    started_at = time.monotonic()
+    state = hurried(return_state=True)
+    report = get_report(run_of(state))
+    (step,) = report.steps
+    # with no wait, the attempt count is unknown unless Prefect had already recorded it
+    assert step.attempts in (None, 1)
+    assert time.monotonic() - started_at < 30
+    with pytest.raises(ResilienceConfigError, match="report_wait"):
+        resilient_flow(report_wait=-1)(lambda: None)
