@@ -46,8 +46,10 @@ def require_columns(frame: Any, columns: Iterable[str], name: str) -> None:
 
 def state_types(frame: pd.DataFrame) -> pd.Series:
     """`state_type` upper-cased as plain strings; an enum member is read by its value."""
-    values = frame["state_type"].map(lambda v: getattr(v, "value", v), na_action="ignore")
-    return values.astype("string").str.upper()
+    column = frame["state_type"]
+    # a handful of distinct values: normalise each once, then look them up (fast at 1M rows)
+    normal = {v: str(getattr(v, "value", v)).upper() for v in column.dropna().unique()}
+    return column.map(normal).astype("string")
 
 
 def utc(series: pd.Series) -> pd.Series:
