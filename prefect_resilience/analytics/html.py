@@ -44,6 +44,9 @@ def _plots(
                 health = health.resample(freq or "1D").mean()
                 axis.plot(health.index, health.values, marker="s", label="mean run health")
         axis.set_ylim(0, 1.05)
+        if len(periods) == 1:  # one period: show a day either side, not matplotlib's years
+            moment = periods.index[0]
+            axis.set_xlim(moment - pd.Timedelta(days=1), moment + pd.Timedelta(days=1))
         axis.set_title("Health and failure rate over time")
         axis.legend(loc="best")
         figure.autofmt_xdate()
