@@ -1,0 +1,344 @@
+"""A workflow fitted from its run history, to predict what a policy change would do.
+
+Each resilient step is modelled by what its task runs show: the chance that
+attempt k succeeds after k-1 failures (a discrete hazard, from `run_count` and
+the final state), the seconds one attempt takes, how many task runs it makes
+per flow run, where it sits in the run, and the policy, criticality and impact
+the runs applied. `simulate` plays many runs of that model under a workflow
+policy, with the package's own `decide`-free rules: the step's policy settles
+a failure, `health.HealthLedger` judges the run. So a prediction uses exactly
+the rules the real runs use, and only the failure process is estimated.
+
+What the model assumes, and the replay harness (bench/replay.py) measures:
+steps fail independently of each other and of time; an attempt beyond the
+last one history shows succeeds as often as the last one it does show
+(`hazard`), which is right for transient failures and wrong for outages that
+outlast the retries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from prefect_resilience.health import HealthLedger, StepOutcome, StepStatus
+from prefect_resilience.policy import (
+    FailureAction,
+    FailureImpact,
+    FailurePolicy,
+    StepPolicy,
+    WorkflowPolicy,
+)
+
+from ._common import FAILED_STATES, FINISHED_STATES, durations, names, state_types, utc
+
+MIN_STEP_RUNS = 5
+"""A step with fewer finished task runs is not modelled: its rates would be noise."""
+
+
+@dataclass(frozen=True)
+class StepModel:
+    """One step as its history shows it."""
+
+    name: str
+    runs: int
+    """Finished task runs (COMPLETED, FAILED, CRASHED)."""
+    reached: tuple[int, ...]
+    """reached[k-1]: runs whose attempt k has an outcome."""
+    succeeded: tuple[int, ...]
+    """succeeded[k-1]: runs whose attempt k succeeded."""
+    attempt_s: float
+    """Mean seconds one attempt takes (a run's duration over its attempts)."""
+    per_run: int
+    """Task runs of this step in one flow run (a `.map()` makes several)."""
+    offset_s: float
+    """Median seconds from the flow run's start to this step's start: the step order."""
+    step: StepPolicy
+    """The policy the runs applied; retries are the most any failed run used, minus one."""
+    fallback_rescue: float = 0.0
+    """Share of this step's unrecovered failures a fallback carried (graceful only)."""
+
+    def hazard(self, attempt: int) -> float:
+        """P(attempt succeeds | every earlier attempt failed).
+
+        Beyond the attempts history shows, the last observed hazard is reused:
+        the assumption of independent attempts, stated in the module docstring.
+        """
+        shown = [k for k, n in enumerate(self.reached, start=1) if n > 0]
+        if not shown:
+            return 0.0
+        k = min(attempt, shown[-1])
+        while self.reached[k - 1] == 0:
+            k -= 1
+        return self.succeeded[k - 1] / self.reached[k - 1]
+
+    def failure_rate(self, retries: int | None = None) -> float:
+        """Chance that the step fails for good with `retries` (default: its own)."""
+        attempts = (self.step.retries if retries is None else retries) + 1
+        return float(np.prod([1 - self.hazard(k) for k in range(1, attempts + 1)]))
+
+    @property
+    def retry_evidence(self) -> int:
+        """Runs that reached a retry (attempt 2 or later): what a retry claim rests on."""
+        return self.reached[1] if len(self.reached) > 1 else 0
+
+
+@dataclass(frozen=True)
+class WorkflowModel:
+    """The steps of one flow, in run order, and what its runs measured."""
+
+    flow_name: str | None
+    steps: tuple[StepModel, ...]
+    flow_runs: int
+    """Finished flow runs the model was fitted on."""
+    success_rate: float
+    """Observed share of finished flow runs that completed (PartialSuccess included)."""
+    duration_s: float
+    """Observed mean duration of finished flow runs."""
+    skipped: tuple[str, ...] = ()
+    """Steps left out, each with the reason."""
+
+    def step(self, name: str) -> StepModel:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    def with_step(self, name: str, **changes: Any) -> WorkflowModel:
+        """The same workflow with one step changed (its policy, attempt seconds, ...)."""
+        steps = tuple(replace(s, **changes) if s.name == name else s for s in self.steps)
+        return replace(self, steps=steps)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What `simulate` expects of a run, averaged over the simulated runs."""
+
+    success_rate: float
+    termination_rate: float
+    health: float
+    step_seconds: float
+    """Seconds spent in the modelled steps (attempts and retry delays)."""
+    wasted_s: float
+    """Seconds spent in attempts that failed (retry delays not included: they are idle)."""
+    unavailable: Mapping[str, float] = field(default_factory=dict)
+    """Per step: share of runs in which its own work failed for good (a fallback or default
+    stood in, or the run stopped)."""
+
+
+def fit(
+    task_runs: pd.DataFrame,
+    flow_runs: pd.DataFrame,
+    reports: pd.DataFrame | None = None,
+    policy: WorkflowPolicy | None = None,
+    *,
+    min_step_runs: int = MIN_STEP_RUNS,
+) -> WorkflowModel:
+    """Fit the model from the history frames (see `prefect_resilience.history.History`).
+
+    Only finished runs count. Steps without a recorded policy (plain tasks,
+    fallback tasks) are not modelled. Where `policy` (the workflow policy in
+    force now) has a rule for a step, the rule's explicit settings override
+    what history shows, so a prediction starts from the policy as it is.
+    """
+    flows = flow_runs[state_types(flow_runs).isin(FINISHED_STATES).fillna(False).to_numpy(bool)]
+    flow_names = flows["flow_name"].dropna().unique()
+    succeeded = (state_types(flows) == "COMPLETED").to_numpy(bool)
+    flow_duration = durations(flows)
+    starts = utc(flows["start_time"])
+    start_of = dict(zip(flows["flow_run_id"], starts, strict=True))
+
+    runs = task_runs[task_runs["flow_run_id"].isin(start_of)]
+    state = state_types(runs)
+    runs = runs[state.isin(FINISHED_STATES - {"CANCELLED"}).fillna(False).to_numpy(bool)]
+    steps, skipped = [], []
+    rescue = _fallback_rescue(reports)
+    for name, group in runs.groupby("task_name", sort=False):
+        recorded = group["policy"].dropna()
+        if recorded.empty:
+            skipped.append(f"{name}: no resilience policy recorded (a plain or fallback task)")
+            continue
+        if len(group) < min_step_runs:
+            skipped.append(f"{name}: {len(group)} finished runs, fewer than {min_step_runs}")
+            continue
+        steps.append(_step_model(str(name), group, start_of, policy, rescue.get(str(name), 0.0)))
+    steps.sort(key=lambda s: s.offset_s)
+    return WorkflowModel(
+        flow_name=str(flow_names[0]) if len(flow_names) == 1 else None,
+        steps=tuple(steps),
+        flow_runs=len(flows),
+        success_rate=float(succeeded.mean()) if len(flows) else float("nan"),
+        duration_s=float(flow_duration.mean()) if flow_duration.notna().any() else float("nan"),
+        skipped=tuple(skipped),
+    )
+
+
+def _step_model(
+    name: str,
+    group: pd.DataFrame,
+    start_of: Mapping[object, pd.Timestamp],
+    policy: WorkflowPolicy | None,
+    rescue: float,
+) -> StepModel:
+    attempts = pd.to_numeric(group["run_count"], errors="coerce").fillna(0).astype(int).clip(1)
+    failed = state_types(group).isin(FAILED_STATES).to_numpy(bool)
+    most = int(attempts.max())
+    ended_at = np.bincount(attempts, minlength=most + 2)  # runs whose last attempt was k
+    went_past = ended_at[::-1].cumsum()[::-1]  # runs with run_count >= k
+    reached = tuple(int(went_past[k]) for k in range(1, most + 1))
+    won = np.bincount(attempts[~failed], minlength=most + 1)
+    succeeded = tuple(int(won[k]) for k in range(1, most + 1))
+    seconds = durations(group) / attempts
+    offsets = (utc(group["start_time"]) - group["flow_run_id"].map(start_of)).dt.total_seconds()
+    recorded = group.iloc[-1]
+    retries = int(attempts[failed].max()) - 1 if failed.any() else most - 1
+    step = StepPolicy(
+        policy=FailurePolicy(recorded["policy"]),
+        critical=bool(recorded["critical"]),
+        impact=FailureImpact(recorded["impact"] or FailureImpact.MAJOR),
+        retries=retries,
+    )
+    if policy is not None:
+        step = step.merged(policy.rule_for(name))
+    return StepModel(
+        name=name,
+        runs=len(group),
+        reached=reached,
+        succeeded=succeeded,
+        attempt_s=float(np.nan_to_num(seconds.mean())),
+        per_run=max(1, int(group.groupby("flow_run_id").size().median())),
+        offset_s=float(np.nan_to_num(offsets.median())),
+        step=step,
+        fallback_rescue=rescue,
+    )
+
+
+def _fallback_rescue(reports: pd.DataFrame | None) -> dict[str, float]:
+    """Per function: degraded / (degraded + unavailable) over the reports that name it."""
+    if reports is None or reports.empty:
+        return {}
+    carried: dict[str, int] = {}
+    lost: dict[str, int] = {}
+    for degraded, unavailable in zip(reports["degraded"], reports["unavailable"], strict=True):
+        for name in names(degraded):
+            carried[name] = carried.get(name, 0) + 1
+        for name in names(unavailable):
+            lost[name] = lost.get(name, 0) + 1
+    return {n: carried.get(n, 0) / (carried.get(n, 0) + lost.get(n, 0)) for n in carried}
+
+
+def simulate(
+    model: WorkflowModel, policy: WorkflowPolicy, runs: int = 2000, seed: int = 0
+) -> Prediction:
+    """Play `runs` runs of the model under `policy`; the same seed replays the same draws.
+
+    Two calls with the same seed share their random draws (common random
+    numbers), so the difference between two policies is not sampling noise.
+    """
+    rng = np.random.default_rng(seed)
+    columns: list[np.ndarray] = []
+    seconds: list[np.ndarray] = []
+    wasted: list[np.ndarray] = []
+    instances: list[StepModel] = []
+    for step in model.steps:
+        delays = np.asarray(step.step.retry_delays() or [0.0], dtype=float)
+        tries = step.step.retries + 1
+        hazard = np.array([step.hazard(k) for k in range(1, tries + 1)])
+        for _ in range(step.per_run):
+            draws = rng.random((runs, max(tries, 1)))
+            rescue = rng.random(runs) < step.fallback_rescue
+            won = draws[:, :tries] < hazard
+            first = np.where(won.any(axis=1), won.argmax(axis=1) + 1, 0)  # 0: never
+            used = np.where(first > 0, first, tries)
+            waits = np.concatenate([[0.0], np.cumsum(np.resize(delays, max(tries - 1, 0)))])
+            spent = used * step.attempt_s + waits[used - 1]
+            lost = np.where(first > 0, first - 1, tries) * step.attempt_s
+            columns.append(_statuses(step, first, rescue))
+            seconds.append(spent)
+            wasted.append(lost)
+            instances.append(step)
+    if not instances:
+        nan = float("nan")
+        return Prediction(nan, nan, nan, 0.0, 0.0)
+    statuses = np.stack(columns, axis=1)
+    patterns, which = np.unique(statuses, axis=0, return_inverse=True)
+    judged = np.array([_judge(policy, instances, row) for row in patterns])[which.ravel()]
+    stopped, ran, health = judged[:, 0].astype(bool), judged[:, 1], judged[:, 2]
+    mask = np.arange(len(instances))[None, :] < ran[:, None]  # steps run before any stop
+    per_step = np.stack(seconds, axis=1) * mask
+    off: dict[str, float] = {}
+    for index, step in enumerate(instances):
+        down = (statuses[:, index] >= _DEGRADED) & mask[:, index]
+        off[step.name] = max(off.get(step.name, 0.0), float(down.mean()))
+    return Prediction(
+        success_rate=float(1 - stopped.mean()),
+        termination_rate=float(stopped.mean()),
+        health=float(health.mean()),
+        step_seconds=float(_wall_seconds(per_step, instances).mean()),
+        wasted_s=float((np.stack(wasted, axis=1) * mask).sum(axis=1).mean()),
+        unavailable=off,
+    )
+
+
+_SUCCEEDED, _RECOVERED, _DEGRADED, _TOLERATED, _FAILED = range(5)
+_STATUS = (
+    StepStatus.SUCCEEDED,
+    StepStatus.RECOVERED,
+    StepStatus.DEGRADED,
+    StepStatus.TOLERATED,
+    StepStatus.FAILED,
+)
+
+
+def _statuses(step: StepModel, first: np.ndarray, rescue: np.ndarray) -> np.ndarray:
+    """Each simulated task run's status code, from the attempt that first succeeded."""
+    policy = step.step.policy
+    gave_up = _FAILED if policy is FailurePolicy.FAIL_FAST else _TOLERATED
+    failed = np.full(first.shape, gave_up)
+    if policy is FailurePolicy.GRACEFUL_DEGRADATION:
+        failed = np.where(rescue, _DEGRADED, _TOLERATED)
+    return np.where(first == 1, _SUCCEEDED, np.where(first > 1, _RECOVERED, failed))
+
+
+def _wall_seconds(per_step: np.ndarray, instances: list[StepModel]) -> np.ndarray:
+    """Run time of the modelled steps: instances of one step overlap, steps follow each other."""
+    total = np.zeros(per_step.shape[0])
+    start = 0
+    while start < len(instances):
+        end = start
+        while end < len(instances) and instances[end].name == instances[start].name:
+            end += 1
+        total += per_step[:, start:end].max(axis=1)
+        start = end
+    return total
+
+
+def _judge(
+    policy: WorkflowPolicy, instances: list[StepModel], pattern: np.ndarray
+) -> tuple[float, float, float]:
+    """The health ledger's verdict on one run pattern: stopped, steps run, health score."""
+    ledger = HealthLedger(policy)
+    for index, (step, code) in enumerate(zip(instances, pattern, strict=True)):
+        status = _STATUS[code]
+        action = None
+        if status is StepStatus.FAILED:
+            action = FailureAction.TERMINATE
+        elif status is StepStatus.TOLERATED:
+            action = FailureAction.CONTINUE
+        ledger.add(
+            StepOutcome(
+                name=step.name,
+                status=status,
+                policy=step.step.policy,
+                critical=step.step.critical,
+                impact=step.step.impact,
+                action=action,
+            )
+        )
+        if ledger.stopped_by is not None:
+            return 1.0, index + 1, ledger.score
+    return 0.0, len(instances), ledger.score
