@@ -3,8 +3,10 @@
 The history module turns the Prefect API's task runs, flow runs and
 resilience reports into three frames; everything here reads only those
 frames (see each function for the columns it needs), so it is tested on
-synthetic data and never needs a server. The subpackage imports nothing from
-Prefect nor from the rest of `prefect_resilience`.
+synthetic data and never needs a server. It imports nothing from Prefect;
+of the package, only `model` and `candidates` import its pure `policy` and
+`health` rules (a prediction judges simulated runs by the rules real runs
+use), and they are imported as submodules, not from here.
 
 Conventions throughout:
 
@@ -28,6 +30,8 @@ from .patterns import (
     message_template,
     time_concentration,
 )
+from .retry_model import LearnedRetries, RetryChoice, RetryModel, choose_retries, fit_retry_models
+from .scaling import ScalingRecommendation, backtest_forecast, forecast_series, recommend_scaling
 from .statistics import retry_recovery, step_statistics
 from .trends import FailureTrend, detect_degradation, failure_trend
 
@@ -37,14 +41,23 @@ __all__ = [
     "FINISHED_STATES",
     "Concentration",
     "FailureTrend",
+    "LearnedRetries",
+    "RetryChoice",
+    "RetryModel",
+    "ScalingRecommendation",
     "TimeConcentration",
+    "backtest_forecast",
+    "choose_retries",
     "co_failures",
     "continuity_metrics",
     "detect_degradation",
     "failure_patterns",
     "failure_trend",
+    "fit_retry_models",
+    "forecast_series",
     "function_uptime",
     "message_template",
+    "recommend_scaling",
     "retry_recovery",
     "step_statistics",
     "time_concentration",
