@@ -28,7 +28,7 @@ from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
 from prefect.futures import PrefectFuture, PrefectFutureList, PrefectTaskRunFuture
 from prefect.logging import get_logger
 from prefect.results import ResultRecord, get_result_store
-from prefect.states import Completed, State
+from prefect.states import Completed, Crashed, State
 from prefect.utilities.callables import expand_mapping_parameters, get_call_parameters
 from prefect.utilities.engine import resolve_inputs_sync
 from pydantic import ValidationError
@@ -198,6 +198,18 @@ class ResilientTask(Task):  # type: ignore[type-arg]
         fallbacks: Sequence[Any] = (),
         tag_runs: bool = False,
     ) -> None:
+        if not isinstance(fallbacks, list | tuple):
+            raise ResilienceConfigError(
+                f"must be a list of tasks, callables or names, got {fallbacks!r}",
+                field="fallbacks",
+            )
+        if step.retries == "auto":
+            raise ResilienceConfigError(
+                f"step {base.name!r}: retries='auto' belongs in a workflow policy's step policy,"
+                " next to the learned values it uses; the decorator declares the retries used"
+                " until enough history has been learned from",
+                field="retries",
+            )
         if fallbacks and step.policy is not FailurePolicy.GRACEFUL_DEGRADATION:
             raise ResilienceConfigError(
                 f"fallbacks are never run under policy {step.policy.value!r};"
@@ -560,7 +572,8 @@ class ResilientFuture(PrefectTaskRunFuture[Any]):
     def wait(self, timeout: float | None = None) -> None:
         self._primary.wait(timeout)
         # Prefect's own wait() and as_completed() read `_final_state` the same way
-        if getattr(self._primary, "_final_state", None) is not None:
+        done = getattr(self._primary, "_final_state", None) is not None
+        if done or _runner_error(self._primary) is not None:
             self._settle()
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
@@ -568,6 +581,17 @@ class ResilientFuture(PrefectTaskRunFuture[Any]):
         if self._final_state is None:
             raise TimeoutError(f"Task run {self.task_run_id} did not finish within {timeout}s")
         return self._final_state.result(raise_on_failure=raise_on_failure, _sync=True)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled, a step is its settled state, as a parameter of a task on another process.
+
+        A task runner that ships parameters to other processes (Dask) pickles
+        them; a future with a lock cannot travel, but its final state can.
+        Prefect resolves a state parameter to its value (the default or the
+        fallback's value here) and still links the downstream task run to it.
+        """
+        self.wait()
+        return (_same, (self.state,))
 
     def add_done_callback(self, fn: Callable[[PrefectFuture[Any]], None]) -> None:
         def settled(_: Any) -> None:
@@ -588,8 +612,52 @@ class ResilientFuture(PrefectTaskRunFuture[Any]):
             if self._final_state is not None:
                 return
             self._primary.wait()
-            state, self._outcome = self._call.settle(self._primary.state)
+            error = _runner_error(self._primary)
+            primary = self._primary.state if error is None else _lost(self._primary, error)
+            state, self._outcome = self._call.settle(primary)
             self._final_state = state
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _runner_error(primary: PrefectFuture[Any]) -> BaseException | None:
+    """The error the task runner's own future ended with, instead of a final state.
+
+    A Dask worker that dies mid-step (killed, out of memory) ends the step's
+    Dask future with `KilledWorker` once Dask gives up rescheduling it;
+    Prefect's Dask future then has no final state to offer.
+    """
+    if getattr(primary, "_final_state", None) is not None:
+        return None
+    wrapped = getattr(primary, "wrapped_future", None)
+    done, exception = getattr(wrapped, "done", None), getattr(wrapped, "exception", None)
+    if not callable(done) or not callable(exception) or not done():
+        return None  # running, or a runner whose futures cannot say (Ray's object refs)
+    try:
+        return exception()
+    except BaseException as exc:  # a cancelled future raises instead of returning it
+        return exc
+
+
+def _lost(primary: PrefectFuture[Any], error: BaseException) -> State[Any]:
+    """A Crashed state for a step its task runner lost, recorded in Prefect too.
+
+    Nothing ran the task engine's ending, so Prefect would show the task run
+    Running for ever; the step's policy then judges it like any failure.
+    """
+    crashed = Crashed(
+        message=f"the task runner lost this task run: {type(error).__name__}: {error}",
+        data=error,
+    )
+    crashed.state_details.task_run_id = primary.task_run_id
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_task_run_state(primary.task_run_id, crashed, force=True)
+    except Exception as exc:  # the run goes on; Prefect keeps its stale state
+        logger.warning("could not mark task run %s Crashed: %s", primary.task_run_id, exc)
+    return crashed
 
 
 def with_run_details(outcomes: Sequence[StepOutcome], timeout: float = 10.0) -> list[StepOutcome]:

@@ -44,6 +44,11 @@ def report_section(section: str, fail: bool = False) -> str | None:
     return section
 
 
+@task
+def summary(analytics: str, fetched: str) -> str:
+    return f"{analytics}/{fetched}"
+
+
 SCENARIO_POLICY = WorkflowPolicy(name="scenario", max_partial_failures=3)
 
 
@@ -53,8 +58,10 @@ def scenario(fail_fetch: bool, fail_sections: tuple[str, ...]) -> dict:
     analytics = analytics_setup.submit(fail=True)
     fetched = fetch.map(["a", "b"], fail=[fail_fetch, False])
     sections = report_section.map(["x", "y", "z"], fail=[s in fail_sections for s in "xyz"])
+    joined = summary.submit(analytics, fetched[0])  # tolerated and degraded futures as inputs
     return {
         "db": db,
+        "joined": joined.result(),
         "analytics": analytics.result(),
         "fetched": fetched.result(),
         "sections": sections.result(),

@@ -444,6 +444,8 @@ def test_dask_scenario_gives_the_same_report() -> None:
     threads = get_report(run_of(scenario_threads(return_state=True)))
     state = dask_scenario_flow()(return_state=True)
     assert state.name == "PartialSuccess"
+    # futures of a tolerated and a degraded step, passed to a task on a Dask worker process
+    assert state.result()["joined"] == "off/cached a"
     dask = get_report(run_of(state))
     assert sorted((s.name, s.status.value) for s in dask.steps) == EXPECTED_SCENARIO
     assert dask.overall_status == threads.overall_status
