@@ -27,6 +27,7 @@ from prefect_resilience.errors import ResilienceConfigError
 from prefect_resilience.policy import (
     FailureImpact,
     FailurePolicy,
+    LearnedRetry,
     StepRule,
     WorkflowPolicy,
     config_error,
@@ -86,6 +87,8 @@ def nightly():
     degraded_credit: float = _field("degraded_credit")
     impact_weights: dict[FailureImpact, float] = _field("impact_weights")
     step_policies: list[StepRule] = _field("step_policies")
+    auto_retry_bounds: tuple[int, int] = _field("auto_retry_bounds")
+    learned_retries: dict[str, LearnedRetry] = _field("learned_retries")
 
     @field_serializer("step_policies")
     def _only_what_was_set(self, rules: list[Any]) -> list[Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from uuid import UUID
 
 import pandas as pd
 
-from prefect_resilience.report import REPORT_TYPE
+from prefect_resilience.report import REPORT_TYPE, write_private
 
 logger = logging.getLogger("prefect_resilience.history")
 
@@ -35,7 +34,7 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 PAGE = 200
 ID_BATCH = 50
 REFETCH_MARGIN = timedelta(hours=1)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: reports carry their loops
 
 FLOW_RUN_COLUMNS = [
     "flow_run_id", "flow_name", "deployment_id", "state_type", "state_name",
@@ -48,7 +47,7 @@ TASK_RUN_COLUMNS = [
 ]  # fmt: skip
 REPORT_COLUMNS = [
     "flow_run_id", "overall_status", "health_score", "stopped_by",
-    "working", "degraded", "unavailable", "tolerated",
+    "working", "degraded", "unavailable", "tolerated", "loops",
 ]  # fmt: skip
 
 
@@ -212,6 +211,7 @@ def report_record(data: Any) -> dict[str, Any]:
         "degraded": impact.get("degraded_functions", []),
         "unavailable": impact.get("unavailable_functions", []),
         "tolerated": impact.get("tolerated_functions", []),
+        "loops": [loop for loop in data.get("loops") or [] if isinstance(loop, dict)],
     }
 
 
@@ -246,21 +246,14 @@ class Cache:
 
     def save(self) -> None:
         """Write atomically, readable by the user only (run data can be sensitive)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(
-                {
-                    "version": CACHE_VERSION,
-                    "covered_from": self.covered_from,
-                    "flow_runs": self.flow_runs,
-                    "task_runs": self.task_runs,
-                    "reports": self.reports,
-                },
-                handle,
-            )
-        os.replace(tmp, self.path)
+        document = {
+            "version": CACHE_VERSION,
+            "covered_from": self.covered_from,
+            "flow_runs": self.flow_runs,
+            "task_runs": self.task_runs,
+            "reports": self.reports,
+        }
+        write_private(self.path, json.dumps(document))
 
 
 # --- reading the API ---------------------------------------------------------------------
@@ -359,7 +352,7 @@ def load_history(
         _fetch_details(client, sorted(set(stale)), cache, name_of, progress)
     cache.covered_from = min(since.isoformat(), cache.covered_from or since.isoformat())
     cache.save()
-    return _frames(cache, since, until, deployment_id, tags, fetched)
+    return _frames(cache, since, until, deployment_id, tags, fetched, datetime.now(UTC))
 
 
 def _fetch_details(
@@ -426,6 +419,7 @@ def _frames(
     deployment_id: str | None,
     tags: Sequence[str],
     fetched: int,
+    read_at: datetime | None = None,
 ) -> History:
     def chosen(run: dict[str, Any]) -> bool:
         expected = run.get("expected_start_time")
@@ -441,10 +435,11 @@ def _frames(
 
     runs = [r for r in cache.flow_runs.values() if chosen(r)]
     ids = sorted(r["flow_run_id"] for r in runs)  # the same frames in every process
-    flow_runs = _frame(runs, FLOW_RUN_COLUMNS)
+    flow_runs = _frame(runs, FLOW_RUN_COLUMNS, read_at)
     task_runs = _frame(
         [_with_policy(t, cache) for i in ids for t in cache.task_runs.get(i, [])],
         TASK_RUN_COLUMNS,
+        read_at,
     )
     reports = _frame([cache.reports[i] for i in ids if i in cache.reports], REPORT_COLUMNS)
     return History(flow_runs, task_runs, reports, fetched)
@@ -462,11 +457,20 @@ def _with_policy(run: dict[str, Any], cache: Cache) -> dict[str, Any]:
     return {**run, "policy": policy, "critical": critical, "impact": impact}
 
 
-def _frame(records: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+CLOCK_TOLERANCE = timedelta(minutes=5)
+"""A run time later than the moment history was read, by more than this, is a skewed clock."""
+
+
+def _frame(
+    records: list[dict[str, Any]], columns: list[str], read_at: datetime | None = None
+) -> pd.DataFrame:
+    """Records as a frame; a time from a clock running ahead of the reading is unknown (NaT)."""
     frame = pd.DataFrame.from_records(records, columns=columns)
     for column in ("start_time", "end_time"):
         if column in frame:
             frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
+            if read_at is not None:
+                frame.loc[frame[column] > read_at + CLOCK_TOLERANCE, column] = pd.NaT
     if "run_count" in frame:
         frame["run_count"] = frame["run_count"].fillna(0).astype(int)
     if "duration_s" in frame:

@@ -16,6 +16,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -26,7 +27,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -86,6 +89,37 @@ def parse_duration(value: Any) -> Any:
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 
 
+def _retries(value: Any) -> int | Literal["auto"]:
+    """A whole number of retries >= 0, or 'auto' (learned from history)."""
+    if value == "auto":
+        return "auto"
+    try:
+        number = _whole_number(value)
+    except (TypeError, ValueError):
+        raise ValueError("Input should be a valid integer, or 'auto'") from None
+    if number < 0:
+        raise ValueError("Input should be greater than or equal to 0")
+    return number
+
+
+def _whole_number(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(value)
+    number = float(value)
+    if not number.is_integer():
+        raise ValueError(value)
+    return int(number)
+
+
+Retries = Annotated[
+    int | Literal["auto"],
+    PlainValidator(_retries),
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer", "minimum": 0}, {"const": "auto", "type": "string"}]}
+    ),
+]
+
+
 def _aliases(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
@@ -137,6 +171,8 @@ def _fallback_names(value: Any) -> Any:
         return ()
     if isinstance(value, str | Mapping):
         value = [value]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"fallbacks are a list of names, got {value!r}")
     names = []
     for item in value:
         if isinstance(item, Mapping):
@@ -170,11 +206,12 @@ class StepPolicy(_Model):
         validation_alias=_aliases("policy", "failurePolicy", "failure_policy"),
         description="What happens once the step has failed for good.",
     )
-    retries: int = Field(
+    retries: Retries = Field(
         0,
-        ge=0,
         validation_alias=_aliases("retries", "maxRetries", "max_retries"),
-        description="Prefect retries after the first attempt.",
+        description="Prefect retries after the first attempt; 'auto' (in a workflow policy's"
+        " step policy): the retries learned from history, stored in the policy's"
+        " learned_retries.",
     )
     backoff: Backoff | None = Field(None, description="Capped exponential backoff between retries.")
     retry_delay: Seconds | list[Seconds] | None = Field(
@@ -306,6 +343,24 @@ def _normal(name: str) -> str:
     return name.replace("-", "_")
 
 
+class LearnedRetry(_Model):
+    """Retries learned from a step's history, used where its step policy says `retries: auto`.
+
+    Written by `prefect-resilience optimize --learn-retries`; `n`, `fitted_at`
+    and `predicted_success` say what the values rest on.
+    """
+
+    retries: int = Field(ge=0, description="Retries after the first attempt.")
+    backoff: Backoff | None = Field(
+        None, description="Learned backoff; empty: the declared delays are kept."
+    )
+    predicted_success: float | None = Field(
+        None, ge=0, le=1, description="Predicted chance the step succeeds with these retries."
+    )
+    n: int = Field(0, ge=0, description="Finished runs of the step the values were learned from.")
+    fitted_at: datetime | None = Field(None, description="When the values were learned.")
+
+
 DEFAULT_IMPACT_WEIGHTS: dict[FailureImpact, float] = {
     FailureImpact.CRITICAL: 1.0,
     FailureImpact.MAJOR: 0.6,
@@ -390,10 +445,30 @@ class WorkflowPolicy(_Model):
         " the first match applies.",
     )
 
+    auto_retry_bounds: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = Field(
+        (0, 10),
+        validation_alias=_aliases("auto_retry_bounds", "autoRetryBounds"),
+        description="Lowest and highest retries that 'auto' may use; learned values outside"
+        " them are not used.",
+    )
+    learned_retries: dict[str, LearnedRetry] = Field(
+        default_factory=dict,
+        validation_alias=_aliases("learned_retries", "learnedRetries"),
+        description="Retries learned from history per task name, for step policies with"
+        " retries: auto.",
+    )
+
     @field_validator("impact_weights")
     @classmethod
     def _all_impacts_weighted(cls, value: dict[FailureImpact, float]) -> dict[FailureImpact, float]:
         return {**DEFAULT_IMPACT_WEIGHTS, **value}
+
+    @field_validator("auto_retry_bounds")
+    @classmethod
+    def _low_then_high(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] > value[1]:
+            raise ValueError(f"the lower bound {value[0]} is above the upper bound {value[1]}")
+        return value
 
     def rule_for(self, task_name: str, tags: Iterable[str] = ()) -> StepRule | None:
         """The first step policy, in declared order, that matches the task."""
@@ -408,10 +483,31 @@ class WorkflowPolicy(_Model):
         A policy that neither sets falls back to `default_failure_policy`.
         """
         declared = declared or StepPolicy()
-        effective = declared.merged(self.rule_for(task_name, tags))
+        rule = self.rule_for(task_name, tags)
+        if rule is not None and rule.retries == "auto":
+            rule = self._with_learned_retries(task_name, rule)
+        effective = declared.merged(rule)
         if "policy" not in effective.model_fields_set:
             effective = effective.merged({"policy": self.default_failure_policy})
         return effective
+
+    def _with_learned_retries(self, task_name: str, rule: StepRule) -> StepRule:
+        """`retries: auto` made concrete: the learned retries within bounds, else the declared.
+
+        Learned values outside `auto_retry_bounds`, or none at all (too little
+        history to learn from), leave the decorator's declared retries in force.
+        """
+        settings = {k: v for k, v in rule.explicit().items() if k != "retries"}
+        learned = self.learned_retries.get(task_name) or self.learned_retries.get(
+            _normal(task_name)
+        )
+        low, high = self.auto_retry_bounds
+        if learned is not None and low <= learned.retries <= high:
+            settings["retries"] = learned.retries
+            if learned.backoff is not None:
+                settings.pop("retry_delay", None)
+                settings["backoff"] = learned.backoff
+        return StepRule.model_validate(settings)
 
 
 class PolicyMetadata(_Model):
