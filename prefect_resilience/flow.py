@@ -5,6 +5,11 @@ step's outcome (from states and futures in the flow process), keeps a live
 health score, stops when a termination rule fires, and ends `Completed`,
 `Completed` named `PartialSuccess`, or `Failed`, with a report written as
 Prefect artifacts in every ending, a crash included.
+
+When the API does not take the report, it is kept in a local pending file;
+each settled step is also appended to a local step journal, so a flow process
+killed outright leaves what it had finished. `upload_pending` (the CLI's
+`report upload`) publishes both later.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
+import httpx
 from prefect import Flow
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import FlowPauseTimeout
@@ -41,11 +47,21 @@ from prefect_resilience.health import (
 )
 from prefect_resilience.policy import FailureAction, FailurePolicy, WorkflowPolicy, load_policy
 from prefect_resilience.report import (
+    JOURNAL_SUFFIX,
+    JournalRecord,
     LoopReport,
     PartialSuccessResult,
+    PolicyUsed,
     RunStatus,
+    StepJournal,
     build_report,
+    get_report,
+    journal_path,
+    keep_pending,
+    pending_dir,
+    pending_reports,
     publish,
+    read_journal,
     run_status,
 )
 from prefect_resilience.task import (
@@ -64,6 +80,7 @@ PARTIAL_SUCCESS = "PartialSuccess"
 EVENT_PREFIX = "prefect-resilience"
 
 PolicySource = WorkflowPolicy | str | os.PathLike[str] | None
+JOURNAL_DETAILS_WAIT = 2.0  # seconds a rebuilt report waits for Prefect's record of attempts
 
 
 class WorkflowTerminated(Exception):
@@ -81,16 +98,67 @@ class LowHealthDecision(RunInput):
     action: Literal["continue", "abort"] = "continue"
 
 
+def _is_file(source: str | os.PathLike[str]) -> bool:
+    text = os.fspath(source)
+    return (
+        isinstance(source, os.PathLike) or text.endswith((".yaml", ".yml")) or Path(text).exists()
+    )
+
+
 def load_workflow_policy(source: PolicySource) -> WorkflowPolicy:
     """The policy for a run: an object, a YAML file, a ResiliencePolicy block name, or defaults."""
     if source is None:
         return WorkflowPolicy()
     if isinstance(source, WorkflowPolicy):
         return source
-    text = os.fspath(source)
-    if isinstance(source, os.PathLike) or text.endswith((".yaml", ".yml")) or Path(text).exists():
-        return load_policy(Path(text))
-    return load_block_policy(text)
+    if _is_file(source):
+        return load_policy(Path(os.fspath(source)))
+    return load_block_policy(os.fspath(source))
+
+
+def describe_source(source: PolicySource) -> str:
+    """A policy source as a report names it: 'block NAME', 'file PATH', 'object', 'defaults'."""
+    if source is None:
+        return "defaults"
+    if isinstance(source, WorkflowPolicy):
+        return f"object {source.name}" if source.name else "object"
+    return f"{'file' if _is_file(source) else 'block'} {os.fspath(source)}"
+
+
+def _policy_for_run(
+    source: PolicySource, fallback: PolicySource, flow_name: str
+) -> tuple[WorkflowPolicy, PolicyUsed]:
+    """The run's policy; the declared fallback, with a warning, when it cannot be loaded.
+
+    "Cannot be loaded" is a missing or invalid block or file, or an API error
+    while reading the block. Without a fallback the error stops the run before
+    any step, naming the source.
+    """
+    declared = describe_source(source)
+    try:
+        policy = load_workflow_policy(source)
+    except (ResilienceConfigError, httpx.HTTPError) as exc:
+        if isinstance(exc, httpx.HTTPError):
+            exc.add_note(f"while loading the workflow policy ({declared})")
+        if fallback is None:
+            raise
+        reason = f"{declared} could not be loaded: {exc}"
+        try:
+            policy = load_workflow_policy(fallback)
+        except (ResilienceConfigError, httpx.HTTPError) as fallback_exc:
+            raise ResilienceConfigError(
+                f"{reason}; the fallback policy ({describe_source(fallback)}) could not be"
+                f" loaded either: {fallback_exc}",
+                field="fallback_policy",
+            ) from exc
+        used = PolicyUsed(
+            source=describe_source(fallback), name=policy.name, fallback_reason=reason
+        )
+        logger.warning(
+            "%s: %s; running with the fallback policy (%s)", flow_name, reason, used.source
+        )
+        return policy, used
+    return policy, PolicyUsed(source=declared, name=policy.name)
 
 
 class RunTracker(StepObserver):
@@ -106,8 +174,12 @@ class RunTracker(StepObserver):
         pause_timeout: int = 3600,
         report_wait: float = 10.0,
         parent: StepObserver | None = None,
+        policy_used: PolicyUsed | None = None,
+        journal: StepJournal | None = None,
     ) -> None:
         self.policy = policy
+        self.policy_used = policy_used
+        self.journal = journal
         self.report_wait = report_wait
         self.flow_name = flow_name
         self.flow_run_id = flow_run_id
@@ -139,6 +211,8 @@ class RunTracker(StepObserver):
     def record(self, outcome: StepOutcome) -> None:
         with self._lock:
             self.outcomes.append(outcome)
+            if self.journal is not None:
+                self.journal.step(outcome)
             fired = self.ledger.add(outcome)
             score = self.ledger.score
             crossed = self._note_health(score)
@@ -151,6 +225,12 @@ class RunTracker(StepObserver):
             self._emit_run("health.below-threshold", score, {"threshold": crossed})
         if fired is not None:
             logger.error("%s: %s", self.flow_name, self.ledger.stop_reason)
+
+    def add_loop(self, loop: LoopReport) -> None:
+        with self._lock:
+            self.loops.append(loop)
+            if self.journal is not None:
+                self.journal.loop(loop)
 
     # --- health ------------------------------------------------------------------------
 
@@ -233,13 +313,15 @@ class RunTracker(StepObserver):
             message=message,
             loops=loops,
             finished=datetime.now(UTC),
+            policy=self.policy_used,
         )
         if not self.reported:
             self.reported = True
-            try:
-                publish(report)
-            except Exception as exc:
-                logger.error("could not write the resilience report: %s", exc)
+            safe = publish_or_keep(report)
+            if self.journal is not None:
+                self.journal.close()
+                if safe:
+                    self.journal.path.unlink(missing_ok=True)
             if status is RunStatus.PARTIAL_SUCCESS:
                 self._emit_run("run.partial-success", health.health_score, {})
             elif status is RunStatus.TERMINATED:
@@ -329,6 +411,38 @@ class RunTracker(StepObserver):
         )
 
 
+def publish_or_keep(report: PartialSuccessResult) -> bool:
+    """Publish a report; when the API does not take it, keep it in a local pending file.
+
+    True when the report is safe (published or kept). The run's ending never
+    depends on it: the API may be down while the run itself is fine.
+    """
+    try:
+        publish(report)
+        return True
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    try:
+        path = keep_pending(report)
+    except OSError as exc:
+        logger.error(
+            "the resilience report of flow run %s is lost: the Prefect API did not take it"
+            " (%s) and it could not be kept locally (%s)",
+            report.flow_run_id,
+            error,
+            exc,
+        )
+        return False
+    logger.warning(
+        "could not write the resilience report of flow run %s to the Prefect API (%s);"
+        " kept it in %s: upload it with `prefect-resilience report upload`",
+        report.flow_run_id,
+        error,
+        path,
+    )
+    return True
+
+
 def _emit(
     event: str, resource: dict[str, str], related: list[dict[str, str]], payload: dict[str, Any]
 ) -> None:
@@ -368,15 +482,28 @@ class _RunSettings:
     pause_below: float | None
     pause_timeout: int
     report_wait: float
+    fallback_policy: PolicySource = None
 
 
 _trackers: dict[UUID, RunTracker] = {}
 
 
 def _start(settings: _RunSettings, flow_name: str) -> RunTracker:
-    policy = load_workflow_policy(settings.policy)
     context = FlowRunContext.get()
     flow_run_id = context.flow_run.id if context and context.flow_run else None
+    try:
+        policy, used = _policy_for_run(settings.policy, settings.fallback_policy, flow_name)
+    except Exception as exc:
+        # no step runs; the run's report still says why it failed
+        RunTracker(
+            WorkflowPolicy(),
+            flow_name=flow_name,
+            flow_run_id=flow_run_id,
+            report_wait=0,
+            parent=current_observer(),
+            policy_used=PolicyUsed(source=describe_source(settings.policy)),
+        ).finish(RunStatus.FAILED, f"the workflow policy could not be loaded: {exc}")
+        raise
     tracker = RunTracker(
         policy,
         flow_name=flow_name,
@@ -385,9 +512,18 @@ def _start(settings: _RunSettings, flow_name: str) -> RunTracker:
         pause_timeout=settings.pause_timeout,
         report_wait=settings.report_wait,
         parent=current_observer(),
+        policy_used=used,
     )
     if flow_run_id is not None:
         _trackers[flow_run_id] = tracker
+        try:
+            tracker.journal = StepJournal.open(flow_run_id, flow_name, policy, used)
+        except OSError as exc:
+            logger.warning(
+                "%s: no step journal (%s): if this process is killed, its report is lost",
+                flow_name,
+                exc,
+            )
     return tracker
 
 
@@ -429,11 +565,116 @@ def _forget(tracker: RunTracker) -> None:
 
 
 def _report_crash(flow: Any, flow_run: Any, state: Any) -> None:
-    """`on_crashed` hook: the report of a run that crashed outside its own body."""
+    """`on_crashed` hook: the report of a run that crashed outside its own body.
+
+    In the flow process the run's tracker writes it. A Prefect runner or
+    process worker also calls this hook, in its own process, when the flow
+    process died (a SIGKILL, the OOM killer): the report is then rebuilt from
+    the run's step journal.
+    """
     tracker = _trackers.pop(flow_run.id, None)
-    if tracker is not None and not tracker.reported:
-        tracker.settle_all(block=False)
-        tracker.finish(RunStatus.CRASHED, state.message or "crashed")
+    if tracker is not None:
+        if not tracker.reported:
+            tracker.settle_all(block=False)
+            tracker.finish(RunStatus.CRASHED, state.message or "crashed")
+        return
+    path = journal_path(flow_run.id)
+    if not path.exists():
+        return
+    try:
+        record = read_journal(path)
+    except (OSError, ValueError) as exc:
+        logger.error("could not rebuild the report of crashed flow run %s: %s", flow_run.id, exc)
+        return
+    if publish_or_keep(_journal_report(record, RunStatus.CRASHED, state.message or "crashed")):
+        path.unlink(missing_ok=True)
+
+
+def _journal_report(record: JournalRecord, status: RunStatus, message: str) -> PartialSuccessResult:
+    """A report rebuilt from a step journal, with attempts from Prefect where it has them."""
+    try:
+        record.outcomes = with_run_details(record.outcomes, timeout=JOURNAL_DETAILS_WAIT)
+    except Exception as exc:  # the report matters more than attempt counts
+        logger.warning("could not read attempts from Prefect: %s", exc)
+    return record.report(status, f"{message} (report rebuilt from the step journal)")
+
+
+# --- reports kept locally ----------------------------------------------------------------
+
+
+@dataclass
+class UploadSummary:
+    """What `upload_pending` did with each local file."""
+
+    uploaded: list[Path] = field(default_factory=list)  # pending reports now in Prefect
+    recovered: list[UUID] = field(default_factory=list)  # runs reported from their journal
+    running: list[Path] = field(default_factory=list)  # journals of runs still going
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # kept, with the reason
+
+
+def upload_pending(directory: Path | None = None) -> UploadSummary:
+    """Publish the reports kept locally, and the reports of runs whose process died.
+
+    A pending report is published as artifacts of its flow run, then deleted.
+    A step journal whose flow run has ended, or whose process is gone from
+    this host while Prefect still shows the run Running (a SIGKILL with no
+    runner to notice), becomes a report; such a run is first set `Crashed`,
+    as a runner would have. Journals of live processes are left alone. Files
+    that fail are kept, with the reason in the summary.
+    """
+    directory = directory or pending_dir()
+    summary = UploadSummary()
+    for path in pending_reports(directory):
+        try:
+            publish(PartialSuccessResult.model_validate_json(path.read_text(encoding="utf-8")))
+        except Exception as exc:
+            summary.failed.append((path, f"{type(exc).__name__}: {exc}"))
+            continue
+        path.unlink(missing_ok=True)
+        summary.uploaded.append(path)
+    for path in sorted(directory.glob(f"*{JOURNAL_SUFFIX}")):
+        try:
+            record = read_journal(path)
+            recovered = _recover(record)
+        except Exception as exc:
+            summary.failed.append((path, f"{type(exc).__name__}: {exc}"))
+            continue
+        if recovered:
+            summary.recovered.append(record.flow_run_id)
+        else:
+            summary.running.append(path)
+    return summary
+
+
+def _recover(record: JournalRecord) -> bool:
+    """Report a run from its journal if the run is over; False if it may still be going."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(record.flow_run_id)
+        state = run.state
+        if state is None or not state.is_final():
+            if record.process_alive() is not False:
+                return False
+            message = (
+                f"the flow process (pid {record.pid} on {record.host}) ended without reporting;"
+                " marked Crashed by prefect-resilience report upload"
+            )
+            state = client.set_flow_run_state(run.id, Crashed(message=message)).state or state
+        elif get_report(run.id) is not None:  # reported; only the journal was left behind
+            record.path.unlink(missing_ok=True)
+            return True
+    if state is not None and state.is_crashed():
+        status = RunStatus.CRASHED
+    elif state is not None and state.is_completed():
+        status = run_status(record.outcomes, record.report(RunStatus.COMPLETED, "").health)
+    else:
+        status = RunStatus.FAILED
+    message = (state.message if state is not None else None) or "the flow process ended"
+    publish(_journal_report(record, status, message))
+    record.path.unlink(missing_ok=True)
+    return True
 
 
 @contextmanager
@@ -480,6 +721,7 @@ def resilient_flow(
     pause_below: float | None = None,
     pause_timeout: int = 3600,
     report_wait: float = 10.0,
+    fallback_policy: PolicySource = None,
     **flow_options: Any,
 ) -> Any:
     """Make a flow resilient: a workflow policy, live health, termination, a report.
@@ -493,17 +735,23 @@ def resilient_flow(
     end of a run waits for Prefect to record its task runs (for attempts in
     the report); Prefect records them from events, which lag under heavy load,
     and steps still unrecorded then keep `attempts` unknown.
+
+    `fallback_policy` (a `WorkflowPolicy`, YAML file or block name) is used,
+    with a warning and a note in the report, when `policy` cannot be loaded at
+    run start (a deleted or invalid block or file, an API error reading the
+    block); without one, that stops the run before any step.
     """
     if pause_below is not None and not 0 <= pause_below <= 1:
         raise ResilienceConfigError("must be between 0 and 1", field="pause_below")
-    if policy is not None and not isinstance(policy, WorkflowPolicy | str | os.PathLike):
-        raise ResilienceConfigError(
-            f"expected a WorkflowPolicy, a YAML path or a block name, got {policy!r}",
-            field="policy",
-        )
+    for name, source in (("policy", policy), ("fallback_policy", fallback_policy)):
+        if source is not None and not isinstance(source, WorkflowPolicy | str | os.PathLike):
+            raise ResilienceConfigError(
+                f"expected a WorkflowPolicy, a YAML path or a block name, got {source!r}",
+                field=name,
+            )
     if report_wait < 0:
         raise ResilienceConfigError("must be >= 0 seconds", field="report_wait")
-    settings = _RunSettings(policy, pause_below, pause_timeout, report_wait)
+    settings = _RunSettings(policy, pause_below, pause_timeout, report_wait, fallback_policy)
 
     def decorate(fn: Any) -> Flow[..., Any]:
         if isinstance(fn, Flow):
@@ -574,17 +822,16 @@ def resilient_loop(
             time.sleep(delay)
     tracker = _current_tracker()
     if tracker is not None:
-        with tracker._lock:
-            tracker.loops.append(
-                LoopReport(
-                    name=loop_name,
-                    iterations=len(durations),
-                    condition_met=met,
-                    seconds=time.perf_counter() - started,
-                    iteration_seconds_p50=statistics.median(durations),
-                    iteration_seconds_max=max(durations),
-                    condition_ms_p50=statistics.median(conditions) * 1000,
-                    condition_ms_max=max(conditions) * 1000,
-                )
+        tracker.add_loop(
+            LoopReport(
+                name=loop_name,
+                iterations=len(durations),
+                condition_met=met,
+                seconds=time.perf_counter() - started,
+                iteration_seconds_p50=statistics.median(durations),
+                iteration_seconds_max=max(durations),
+                condition_ms_p50=statistics.median(conditions) * 1000,
+                condition_ms_max=max(conditions) * 1000,
             )
+        )
     return LoopResult(value=value, iterations=len(durations), condition_met=met)
