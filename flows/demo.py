@@ -4,7 +4,8 @@ Run with `make demo` (Prefect's embedded SQLite server, no setup) or
 `python flows/demo.py`. Steps fail on purpose: the first table shows what each
 policy made of its failure, with attempts read back from Prefect; the second
 runs the originating design's scenario with injected failures, one row per
-run; last comes the latest run's report as Prefect stores it.
+run; then come the latest run's report as Prefect stores it, the analysis of
+that history, and the changes `optimize` proposes from it.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from rich.console import Console
 from rich.markdown import Markdown
 from rich.progress import Progress
 from rich.table import Table
-from seed_scenario import seed_scenario
+from seed_scenario import SCENARIO_POLICY, seed_scenario
 
 from prefect_resilience import PartialSuccessResult, get_report, resilient, resilient_flow
+from prefect_resilience.analytics.candidates import propose
 from prefect_resilience.analytics.summary import analyze
 from prefect_resilience.analytics.summary import to_markdown as analysis_markdown
 from prefect_resilience.history import load_history, parse_since
+from prefect_resilience.optimize import to_markdown as proposal_markdown
 from prefect_resilience.report import to_markdown
 
 _db_attempts = itertools.count(1)
@@ -170,7 +173,7 @@ def quiet_prefect_console() -> None:
 def main() -> None:
     quiet_prefect_console()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--failure-rate", type=float, default=0.5)
     args = parser.parse_args()
     console = Console(width=max(Console().width, 150))
@@ -190,6 +193,12 @@ def main() -> None:
     history = load_history("seed-scenario", since=parse_since("1d"))
     analysis = analyze(history.task_runs, history.flow_runs, history.reports)
     console.print(Markdown(analysis_markdown(analysis, "seed-scenario, last day")))
+    console.rule("5. Proposed changes (prefect-resilience optimize --flow seed-scenario)")
+    with console.status("Simulating each change on a model fitted to the history..."):
+        proposal = propose(
+            history.task_runs, history.flow_runs, history.reports, SCENARIO_POLICY, bootstrap=30
+        )
+    console.print(Markdown(proposal_markdown(proposal)))
     console.print(f"[dim]Finished in {time.perf_counter() - started:.1f}s[/dim]")
 
 

@@ -159,12 +159,45 @@ def roll_back(
 
 
 def _since(value: str | None) -> Any:
+    """The window start: in the past, or a usage error (exit 2) naming the value."""
+    from datetime import UTC, datetime
+
     from prefect_resilience.history import parse_since
 
+    now = datetime.now(UTC)
     try:
-        return parse_since(value)
+        moment = parse_since(value, now)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
+    except OverflowError:
+        raise typer.BadParameter(f"{value!r} reaches before year 1", param_hint="--since") from None
+    if moment is not None and moment >= now:
+        raise typer.BadParameter(
+            f"{value!r} is not in the past: the window would hold no runs", param_hint="--since"
+        )
+    return moment
+
+
+MAX_SPAN_DAYS = 3650
+
+
+def _span(value: str) -> str:
+    """A positive span of time in pandas' form (1D, 12h, 90min), at most ten years."""
+    import pandas as pd
+
+    try:
+        span = pd.Timedelta(value)
+    except (ValueError, OverflowError):
+        raise typer.BadParameter(
+            f"{value!r} is not a span of time such as 1D, 12h or 90min"
+        ) from None
+    if not any(c.isalpha() for c in value):
+        raise typer.BadParameter(f"{value!r} needs a unit, such as 1D, 12h or 90min")
+    if pd.isna(span) or span <= pd.Timedelta(0):
+        raise typer.BadParameter(f"{value!r} must be a positive span of time")
+    if span > pd.Timedelta(days=MAX_SPAN_DAYS):
+        raise typer.BadParameter(f"{value!r} is longer than {MAX_SPAN_DAYS} days")
+    return value
 
 
 def _rich_table(title: str, frame: Any, columns: list[str], index: str) -> Table:
@@ -189,8 +222,12 @@ def analyze_history(
     since: Annotated[str, typer.Option(help="Window start: 7d, 12h, 2w or an ISO date.")] = "7d",
     deployment: Annotated[str | None, typer.Option(help="Deployment id.")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Flow run tag (repeatable).")] = None,
-    recent: Annotated[str, typer.Option(help="Recent window for degradation tests.")] = "1D",
-    baseline: Annotated[str, typer.Option(help="Baseline window before it.")] = "7D",
+    recent: Annotated[
+        str, typer.Option(help="Recent window for degradation tests.", callback=_span)
+    ] = "1D",
+    baseline: Annotated[
+        str, typer.Option(help="Baseline window before it.", callback=_span)
+    ] = "7D",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
     html_file: Annotated[
         Path | None, typer.Option("--html", help="Write a self-contained HTML report here.")
@@ -201,22 +238,8 @@ def analyze_history(
     import json
 
     from prefect_resilience.analytics.summary import analyze
-    from prefect_resilience.history import load_history
 
-    try:
-        history = load_history(
-            flow, since=_since(since), deployment_id=deployment, tags=tag or [],
-            refresh=refresh, progress=not as_json,
-        )  # fmt: skip
-    except (OSError, httpx.HTTPError) as exc:
-        from prefect.settings import PREFECT_API_URL
-
-        errors.print(
-            f"[red]error:[/red] cannot read run history from the Prefect API at"
-            f" {PREFECT_API_URL.value() or '(embedded server)'}: {exc}",
-            soft_wrap=True,
-        )
-        raise typer.Exit(1) from None
+    history = _read_history(flow, since, deployment, tag or [], refresh, not as_json)
     if history.flow_runs.empty:
         errors.print(f"no runs match: flow {flow or '(any)'}, since {since}", soft_wrap=True)
         raise typer.Exit(1)
@@ -267,6 +290,242 @@ def analyze_history(
         console.print(f"HTML report: {html_file}")
 
 
+def _read_history(flow: str | None, since: str, deployment: str | None, tags: list[str],
+                  refresh: bool, progress: bool) -> Any:  # fmt: skip
+    """Run history for a command; exit 1 with a clear message if the API cannot be read."""
+    from prefect_resilience.history import load_history
+
+    try:
+        return load_history(
+            flow, since=_since(since), deployment_id=deployment, tags=tags,
+            refresh=refresh, progress=progress,
+        )  # fmt: skip
+    except (OSError, httpx.HTTPError) as exc:
+        from prefect.settings import PREFECT_API_URL
+
+        errors.print(
+            f"[red]error:[/red] cannot read run history from the Prefect API at"
+            f" {PREFECT_API_URL.value() or '(embedded server)'}: {exc}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+
+
+def publish_compliance(report: Any, subject: str, flow_run_id: Any = None) -> bool:
+    """Write a compliance report as artifacts of the flow run this runs in; False if none.
+
+    The flow run is Prefect's current one: the run context, or PREFECT__FLOW_RUN_ID
+    when the command runs as a step of a deployment's flow run. A markdown artifact
+    holds the report, a table artifact the figures, both keyed per analysed flow so
+    the Prefect UI keeps their history.
+    """
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+    from prefect.runtime import flow_run
+
+    from prefect_resilience.report import artifact_key
+
+    flow_run_id = flow_run_id or flow_run.id
+    if not flow_run_id:
+        return False
+    title = f"Compliance with the design's targets: {subject}"
+    with get_client(sync_client=True) as client:
+        client.create_artifact(ArtifactCreate(
+            type="markdown", key=artifact_key("compliance", subject), description=title,
+            data=report.to_markdown(title), flow_run_id=flow_run_id,
+        ))  # fmt: skip
+        client.create_artifact(ArtifactCreate(
+            type="table", key=artifact_key("compliance-table", subject), description=title,
+            data=json.dumps(report.rows()), flow_run_id=flow_run_id,
+        ))  # fmt: skip
+    return True
+
+
+@app.command("compliance")
+def compliance_report(
+    flow: Annotated[str | None, typer.Option(help="Flow name (default: every flow).")] = None,
+    since: Annotated[str, typer.Option(help="Window start: 30d, 12h, 2w or an ISO date.")] = "30d",
+    deployment: Annotated[str | None, typer.Option(help="Deployment id.")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Flow run tag (repeatable).")] = None,
+    min_sample: Annotated[
+        int, typer.Option(help="Fewer samples than this: not enough data.", min=1, max=1_000_000)
+    ] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    refresh: Annotated[bool, typer.Option(help="Ignore the local cache.")] = False,
+) -> None:
+    """The design's targets (BR-WF-541, BR-ORCH-011, ...) measured from run history.
+
+    Each target shows its measured value, 95% interval, sample size and pass,
+    miss or not enough data; a missed target is shown as missed. Run inside a
+    flow run, the report is also published as artifacts of that run.
+    """
+    import json
+
+    from prefect_resilience.compliance import Status, evaluate
+
+    history = _read_history(flow, since, deployment, tag or [], refresh, not as_json)
+    if history.flow_runs.empty:
+        errors.print(f"no runs match: flow {flow or '(any)'}, since {since}", soft_wrap=True)
+        raise typer.Exit(1)
+    report = evaluate(history.flow_runs, history.task_runs, history.reports, min_sample=min_sample)
+    subject = flow or "all-flows"
+    published = publish_compliance(report, subject)
+    if as_json:
+        print(json.dumps({**report.to_json(), "published": published}, indent=2))
+        return
+    console.print(
+        f"[bold]{flow or 'all flows'}[/bold] since {since}: {report.finished_flow_runs} finished"
+        f" flow runs ({report.in_progress} in progress, left out)"
+    )
+    table = Table(title="the design's targets, from run history")
+    for column in ("id", "claim", "target", "measured", "95% interval", "n", "status"):
+        table.add_column(column, justify="right" if column in ("measured", "n") else "left")
+    style = {Status.PASS: "green", Status.MISS: "bold red", Status.NOT_ENOUGH_DATA: "yellow"}
+    for r in report.results:
+        label = "MISSED" if r.status is Status.MISS else r.status.value
+        table.add_row(r.id, r.claim, r.target, r.measured_text, r.interval_text,
+                      f"{r.sample_size} {r.sample_unit}",
+                      f"[{style[r.status]}]{label}[/{style[r.status]}]")  # fmt: skip
+    console.print(table)
+    missed = report.missed
+    if missed:
+        console.print(
+            f"[bold red]{len(missed)} target{'s' if len(missed) != 1 else ''} missed:[/bold red] "
+            + ", ".join(f"{r.id} {r.claim} ({r.measured_text}, target {r.target})" for r in missed),
+            soft_wrap=True,
+        )
+    console.print(
+        "not answerable from run history: "
+        + ", ".join(f"{n.id} ({n.claim})" for n in report.not_from_history),
+        soft_wrap=True,
+        style="dim",
+    )
+    if published:
+        console.print("published as artifacts of this flow run")
+
+
+@app.command("optimize")
+def optimize_flow(
+    flow: Annotated[str, typer.Option(help="Flow name.")],
+    policy: Annotated[
+        str | None,
+        typer.Option("--policy", help="The Resilience Policy block the flow runs with."),
+    ] = None,
+    since: Annotated[str, typer.Option(help="Window start: 30d, 12h, 2w or an ISO date.")] = "30d",
+    apply: Annotated[
+        str | None,
+        typer.Option("--apply", help="Write this candidate of the latest proposal to --policy."),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option(min=10, max=1000, help="Bootstrap replicates behind each confidence.")
+    ] = 40,
+    learn_retries: Annotated[
+        bool,
+        typer.Option(
+            "--learn-retries", help="Learn retries for the --policy steps with retries: auto."
+        ),
+    ] = False,
+    budget: Annotated[
+        float, typer.Option(min=0.001, help="Time budget per step for learned retries, seconds.")
+    ] = 60.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    refresh: Annotated[bool, typer.Option(help="Ignore the local cache.")] = False,
+) -> None:
+    """Propose 3-5 measured changes from a flow's history, or apply one to its policy block."""
+    import json
+
+    from prefect_resilience import optimize
+    from prefect_resilience.analytics.candidates import propose
+    from prefect_resilience.blocks import load_block_policy
+
+    if learn_retries:
+        if policy is None:
+            raise typer.BadParameter(
+                "--learn-retries needs --policy, the block to write", param_hint="--learn-retries"
+            )
+        try:
+            version, said = optimize.learn_retries(
+                flow, policy, time_budget_s=budget, since=_since(since), refresh=refresh
+            )
+        except ResilienceConfigError as exc:
+            raise _fail(exc) from None
+        for step, what in said.items():
+            console.print(f"{step}: {what}", soft_wrap=True)
+        if version is None:
+            console.print(f"{policy}: unchanged, nothing new was learned")
+        else:
+            console.print(f"{policy}: saved version {version.number} ({version.note})")
+        return
+    if apply is not None:
+        if policy is None:
+            raise typer.BadParameter(
+                "--apply needs --policy, the block to write", param_hint="--apply"
+            )
+        try:
+            version = optimize.apply_candidate(flow, apply, policy)
+        except ResilienceConfigError as exc:
+            raise _fail(exc) from None
+        console.print(f"{policy}: saved version {version.number} ({version.note})")
+        console.print(f"undo with: prefect-resilience policy rollback {policy}")
+        return
+    try:
+        current = load_block_policy(policy) if policy else None
+    except ResilienceConfigError as exc:
+        raise _fail(exc) from None
+    history = _read_history(flow, since, None, [], refresh, not as_json)
+    if history.flow_runs.empty:
+        errors.print(f"no runs match: flow {flow}, since {since}", soft_wrap=True)
+        raise typer.Exit(1)
+    proposal = propose(
+        history.task_runs, history.flow_runs, history.reports, current, bootstrap=bootstrap
+    )
+    optimize.publish_proposal(proposal, policy, optimize.fingerprint(current) if current else None)
+    if as_json:
+        print(json.dumps(proposal.to_json(), indent=2))
+        return
+    from rich.markdown import Markdown
+
+    console.print(Markdown(optimize.to_markdown(proposal)))
+    if policy and any(c.applicable for c in proposal.candidates):
+        console.print(
+            f"apply one with: prefect-resilience optimize --flow {flow!r}"
+            f" --policy {policy} --apply ID"
+        )
+
+
+@app.command("scale")
+def scale_flow(
+    flow: Annotated[str | None, typer.Option(help="Flow name (default: every flow).")] = None,
+    since: Annotated[str, typer.Option(help="History to forecast from: 28d, 2w, a date.")] = "28d",
+    period: Annotated[str, typer.Option(help="Forecast period.", callback=_span)] = "1h",
+    horizon: Annotated[int, typer.Option(min=1, max=24 * 14, help="Periods ahead.")] = 24,
+    refresh: Annotated[bool, typer.Option(help="Ignore the local cache.")] = False,
+) -> None:
+    """Forecast runs and task-seconds; recommend a work-pool limit and task-runner width."""
+    from prefect_resilience.analytics.scaling import recommend_scaling
+
+    history = _read_history(flow, since, None, [], refresh, True)
+    if history.flow_runs.empty:
+        errors.print(f"no runs match: flow {flow or '(any)'}, since {since}", soft_wrap=True)
+        raise typer.Exit(1)
+    advice = recommend_scaling(history.flow_runs, history.task_runs, period=period, horizon=horizon)
+    if not advice.ok:
+        console.print(f"no recommendation: {advice.reason}", soft_wrap=True)
+        return
+    for forecast in (advice.runs_forecast, advice.task_seconds_forecast):
+        values = forecast.values
+        console.print(
+            f"{forecast.series}: next {horizon} x {period} total {values['forecast'].sum():.1f}"
+            f" ({values['low'].sum():.1f} .. {values['high'].sum():.1f}), model"
+            f" {forecast.model} chosen on {forecast.history_periods} periods"
+        )
+    console.print(f"work-pool concurrency limit: {advice.concurrency_limit}")
+    for line in advice.reasoning:
+        console.print(f"- {line}", soft_wrap=True)
+
+
 @app.command("register")
 def register_blocks() -> None:
     """Register the Resilience Policy block type with the Prefect server."""
@@ -274,6 +533,33 @@ def register_blocks() -> None:
 
     ResiliencePolicy.register_type_and_schema()
     console.print("registered block type: Resilience Policy (resilience-policy)")
+
+
+report_app = typer.Typer(help="Run reports kept on this machine.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("upload")
+def upload_reports() -> None:
+    """Publish reports kept locally while the Prefect API was unreachable, and the
+    reports of runs whose process was killed (from their step journals).
+
+    Exit 1 if any stays behind; it is kept for the next try.
+    """
+    from prefect_resilience.flow import upload_pending
+    from prefect_resilience.report import pending_dir
+
+    summary = upload_pending()
+    for path, reason in summary.failed:
+        errors.print(f"[red]failed:[/red] {path}: {reason}", highlight=False, soft_wrap=True)
+    console.print(
+        f"{len(summary.uploaded)} uploaded, {len(summary.recovered)} reported from step journals,"
+        f" {len(summary.running)} still running, {len(summary.failed)} failed ({pending_dir()})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

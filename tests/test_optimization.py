@@ -242,3 +242,45 @@ def test_a_step_policy_rule_overrides_what_history_shows() -> None:
     assert fit(tasks, flows, reports).step("a").step == StepPolicy(
         policy="continue", retries=1, impact="major", critical=False
     )
+
+
+AUTO = {
+    "auto_retry_bounds": [0, 5],
+    "step_policies": [
+        {"match": "extract", "retries": "auto", "policy": "fail_fast"},
+        {"match": "load", "retries": "auto"},
+    ],
+    "learned_retries": {
+        "extract": {"retries": 4, "backoff": {"initial": 1, "factor": 2, "max": 8}, "n": 120},
+        "load": {"retries": 7, "n": 50},
+    },
+}
+
+
+def test_auto_retries_use_the_learned_values_within_bounds() -> None:
+    policy = WorkflowPolicy.model_validate(AUTO)
+    extract = policy.policy_for("extract", declared=StepPolicy(retries=1, retry_delay=3))
+    assert extract.retries == 4
+    assert extract.retry_delays() == [1.0, 2.0, 4.0, 8.0]  # the learned backoff replaced 3s
+
+
+def test_auto_retries_fall_back_to_the_declared_ones() -> None:
+    policy = WorkflowPolicy.model_validate(AUTO)
+    # learned 7 is outside the bounds 0..5: the decorator's 2 applies
+    assert policy.policy_for("load", declared=StepPolicy(retries=2)).retries == 2
+    nothing_learned = WorkflowPolicy.model_validate({**AUTO, "learned_retries": {}})
+    declared = StepPolicy(retries=1, retry_delay=3)
+    resolved = nothing_learned.policy_for("extract", declared=declared)
+    assert (resolved.retries, resolved.retry_delays()) == (1, [3.0])
+
+
+def test_auto_retries_are_refused_where_nothing_is_learned() -> None:
+    from prefect_resilience import resilient
+    from prefect_resilience.errors import ResilienceConfigError
+
+    with pytest.raises(ResilienceConfigError, match="retries='auto' belongs in a workflow"):
+        resilient(retries="auto")(lambda: None)
+    with pytest.raises(ResilienceConfigError, match="auto_retry_bounds"):
+        from prefect_resilience.policy import load_policy
+
+        load_policy({"auto_retry_bounds": [5, 1]})

@@ -203,7 +203,7 @@ def _step_model(
         retries=retries,
     )
     if policy is not None:
-        step = step.merged(policy.rule_for(name))
+        step = policy.policy_for(name, (), step)
     return StepModel(
         name=name,
         runs=len(group),
