@@ -4,17 +4,25 @@ Critical database setup (fail_fast, 3 retries with capped backoff), optional
 analytics setup (continue, minor impact), user notification (graceful
 degradation: email, then queue), and monitoring checks per region
 (continue). `failure_rate` makes step attempts fail on purpose; `seed` makes
-a run repeatable.
+a run repeatable; `fail_steps` makes every attempt of the named steps fail
+(globs on `step` or `step:item`, e.g. `monitoring_checks:eu`).
 
     python flows/seed_scenario.py --failure-rate 0.3 --seed 7
+    python flows/seed_scenario.py --failure-rate 0 --fail-step user_notification
+
+The run's policy is `SCENARIO_POLICY`, or the Resilience Policy block named by
+the environment variable RESILIENCE_POLICY (set per deployment in
+flows/prefect.yaml), read when each run starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import os
 import random
 
-from prefect import task
+from prefect import task, unmapped
 from prefect.runtime import task_run
 
 from prefect_resilience import WorkflowPolicy, resilient, resilient_flow
@@ -24,8 +32,20 @@ class InjectedFailure(ConnectionError):
     """A failure made on purpose by the scenario's failure injection."""
 
 
-def maybe_fail(step: str, failure_rate: float, seed: int | None) -> None:
-    """Fail this attempt with probability `failure_rate`, drawn per (seed, step, attempt)."""
+def maybe_fail(
+    step: str, failure_rate: float, seed: int | None, fail_steps: list[str] | None = None
+) -> None:
+    """Fail this attempt if `step` is in `fail_steps`, else with probability `failure_rate`.
+
+    `step` is a step name, or `name:item` for one run of a mapped step; a
+    pattern in `fail_steps` matches either. The random draw is per (seed,
+    step, attempt), so a seeded run is repeatable.
+    """
+    name = step.split(":", 1)[0]
+    if any(fnmatch.fnmatchcase(step, p) or fnmatch.fnmatchcase(name, p) for p in fail_steps or ()):
+        raise InjectedFailure(
+            f"{step}: failure injected by fail_steps (attempt {task_run.run_count})"
+        )
     if failure_rate <= 0:
         return
     draw = random.Random(f"{seed}:{step}:{task_run.run_count}").random()
@@ -40,20 +60,29 @@ def maybe_fail(step: str, failure_rate: float, seed: int | None) -> None:
     retries=3,
     backoff={"initial": 0.05, "factor": 2, "max": 0.2, "jitter": 0.1},
 )
-def critical_database_setup(failure_rate: float = 0.0, seed: int | None = None) -> str:
-    maybe_fail("critical_database_setup", failure_rate, seed)
+def critical_database_setup(
+    failure_rate: float = 0.0, seed: int | None = None, fail_steps: list[str] | None = None
+) -> str:
+    maybe_fail("critical_database_setup", failure_rate, seed, fail_steps)
     return "schema ready"
 
 
 @resilient(policy="continue", impact="minor", default="analytics disabled")
-def optional_analytics_setup(failure_rate: float = 0.0, seed: int | None = None) -> str:
-    maybe_fail("optional_analytics_setup", failure_rate, seed)
+def optional_analytics_setup(
+    failure_rate: float = 0.0, seed: int | None = None, fail_steps: list[str] | None = None
+) -> str:
+    maybe_fail("optional_analytics_setup", failure_rate, seed, fail_steps)
     return "analytics ready"
 
 
 @task
-def email_fallback(user: str, failure_rate: float = 0.0, seed: int | None = None) -> str:
-    maybe_fail("email_fallback", failure_rate, seed)
+def email_fallback(
+    user: str,
+    failure_rate: float = 0.0,
+    seed: int | None = None,
+    fail_steps: list[str] | None = None,
+) -> str:
+    maybe_fail("email_fallback", failure_rate, seed, fail_steps)
     return f"emailed {user}"
 
 
@@ -68,14 +97,24 @@ def queue_notification(user: str) -> str:
     retry_delay=0.05,
     default="not notified",
 )
-def user_notification(user: str, failure_rate: float = 0.0, seed: int | None = None) -> str:
-    maybe_fail("user_notification", failure_rate, seed)
+def user_notification(
+    user: str,
+    failure_rate: float = 0.0,
+    seed: int | None = None,
+    fail_steps: list[str] | None = None,
+) -> str:
+    maybe_fail("user_notification", failure_rate, seed, fail_steps)
     return f"pushed to {user}"
 
 
 @resilient(policy="continue", impact="negligible", retries=1, default="unknown")
-def monitoring_checks(region: str, failure_rate: float = 0.0, seed: int | None = None) -> str:
-    maybe_fail(f"monitoring_checks:{region}", failure_rate, seed)
+def monitoring_checks(
+    region: str,
+    failure_rate: float = 0.0,
+    seed: int | None = None,
+    fail_steps: list[str] | None = None,
+) -> str:
+    maybe_fail(f"monitoring_checks:{region}", failure_rate, seed, fail_steps)
     return f"{region} healthy"
 
 
@@ -86,12 +125,14 @@ SCENARIO_POLICY = WorkflowPolicy(
 )
 
 
-@resilient_flow(policy=SCENARIO_POLICY, name="seed-scenario")
-def seed_scenario(failure_rate: float = 0.0, seed: int | None = None) -> dict[str, object]:
-    database = critical_database_setup(failure_rate, seed)
-    analytics = optional_analytics_setup.submit(failure_rate, seed)
-    notified = user_notification.submit("ada", failure_rate, seed)
-    regions = monitoring_checks.map(["us", "eu", "ap"], failure_rate, seed)
+@resilient_flow(policy=os.environ.get("RESILIENCE_POLICY") or SCENARIO_POLICY, name="seed-scenario")
+def seed_scenario(
+    failure_rate: float = 0.0, seed: int | None = None, fail_steps: list[str] | None = None
+) -> dict[str, object]:
+    database = critical_database_setup(failure_rate, seed, fail_steps)
+    analytics = optional_analytics_setup.submit(failure_rate, seed, fail_steps)
+    notified = user_notification.submit("ada", failure_rate, seed, fail_steps)
+    regions = monitoring_checks.map(["us", "eu", "ap"], failure_rate, seed, unmapped(fail_steps))
     return {
         "database": database,
         "analytics": analytics.result(),
@@ -104,6 +145,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--failure-rate", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--fail-step", action="append", default=[], metavar="GLOB")
     args = parser.parse_args()
-    state = seed_scenario(args.failure_rate, args.seed, return_state=True)
+    state = seed_scenario(args.failure_rate, args.seed, args.fail_step, return_state=True)
     print(f"{state.name}: {state.message or ''}")

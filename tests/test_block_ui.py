@@ -12,27 +12,19 @@ an in-process test harness; this one is the server a user starts.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.servers import prefect_server
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = ROOT / "docs" / "img" / "resilience-policy-form.png"
-PREFECT = Path(sys.executable).parent / "prefect"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -44,84 +36,16 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SERVER_STARTUP_TIMEOUT = 90.0
 
 BLOCK_NAME = "ui-made-policy"
 STEP_POLICIES = [{"match": "load_*", "policy": "continue", "retries": 2}]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Terminate the server (its own process group), then kill it if it lingers."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
 @pytest.fixture
 def ui_server(tmp_path: Path) -> Iterator[str]:
     """`prefect server start` on a free port with its own PREFECT_HOME; yields its base URL."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    home = tmp_path / "prefect-home"
-    home.mkdir()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": f"{base}/api",
-        # the UI's JavaScript calls this URL; by default it is the one of port 4200
-        "PREFECT_UI_API_URL": f"{base}/api",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
-    }
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            cwd=tmp_path,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, stopped as a whole
-        )
-    try:
-        deadline = time.monotonic() + SERVER_STARTUP_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"prefect server exited with {process.returncode}:\n"
-                    + log_path.read_text(errors="replace")[-3000:]
-                )
-            try:
-                with urllib.request.urlopen(f"{base}/api/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"prefect server did not answer {base}/api/health within"
-                    f" {SERVER_STARTUP_TIMEOUT:.0f}s:\n"
-                    + log_path.read_text(errors="replace")[-3000:]
-                )
-            time.sleep(0.5)
-        yield base
-    finally:
-        _stop(process)
+    with prefect_server(home=tmp_path / "prefect-home", startup_timeout=90) as server:
+        yield server.base_url
 
 
 @pytest.fixture
