@@ -418,7 +418,7 @@ def _loops(reports: pd.DataFrame | None) -> list[TargetResult]:
     ]
     missing = (
         ""
-        if carried
+        if records
         else "The history's reports carry no loop records, so this cannot be measured yet."
     )
     slowest = max(conditions) if conditions else math.nan

@@ -85,7 +85,7 @@ def frames(
     flows: list[dict], tasks: list[dict] = (), reports: list[dict] = ()
 ) -> tuple[pd.DataFrame, ...]:
     reports = list(reports)
-    columns = REPORT_COLUMNS + (["loops"] if any("loops" in r for r in reports) else [])
+    columns = REPORT_COLUMNS  # it carries each report's loop records
     return (
         pd.DataFrame(flows, columns=FLOW_RUN_COLUMNS),
         pd.DataFrame(list(tasks), columns=TASK_RUN_COLUMNS),

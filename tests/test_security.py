@@ -266,8 +266,7 @@ def test_files_the_package_writes_are_the_reviewed_ones() -> None:
                 writers.append(f"{path.name}:open({mode})")
     assert sorted(writers) == [
         "cli.py:html_file.write_text",  # the HTML report, at the path the user gave
-        "history.py:os.open",  # the history cache, 0600
-        "report.py:os.open",  # open_private: pending reports and step journals, 0600
+        "report.py:os.open",  # open_private: the history cache, pending reports, journals; 0600
     ]
 
 
