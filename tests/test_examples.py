@@ -200,3 +200,25 @@ def test_script_runs_on_the_configured_server(
     assert run.state.name == final
     report = get_report(run.id)
     assert report is not None and report.flow_name == flow_name
+
+
+def test_the_demo_runs_every_part_to_the_proposed_changes(examples: SimpleNamespace) -> None:
+    """The main job (`make demo`), on the session's server, with a shorter history."""
+    from prefect.settings import PREFECT_API_URL
+
+    result = subprocess.run(
+        [sys.executable, str(FLOWS / "demo.py"), "--runs", "20"],
+        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "COLUMNS": "160"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "Final state: PartialSuccess" in out  # every policy at work in one run
+    for part in ("2. The seed scenario, 20 runs", "3. The latest run's report",
+                 "4. What the run history says", "5. Proposed changes"):  # fmt: skip
+        assert part in out, out[-3000:]
+    assert "Optimization candidates: seed-scenario" in out
+    assert "finished flow runs" in out
