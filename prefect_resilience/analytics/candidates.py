@@ -318,7 +318,10 @@ def _timeouts(
             "timeout",
             step.name,
             f"time out each attempt of {step.name} after {limit:.3g}s: successful attempts"
-            f" take at most {good.max():.3g}s, while {len(slow)} failed ones ran longer",
+            f" take at most {good.max():.3g}s, while {len(slow)} failed ones ran longer. It saves"
+            " time only where Prefect can interrupt the attempt (an async task, or a sync one"
+            " called directly in the flow's main thread); a sync task in a worker thread is"
+            " marked TimedOut but runs on",
             "wasted_s",
             patch={"match": step.name, "timeout": round(limit, 3)},
             evidence={
