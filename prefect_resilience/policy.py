@@ -675,17 +675,46 @@ def _read(path: str) -> str:
         raise ResilienceConfigError(f"cannot read the file: {exc}", path=path) from None
 
 
+MAX_YAML_VALUES = 100_000
+"""A policy document expanding (through YAML aliases) to more values than this is refused."""
+
+
 def _policy_from_text(text: str, path: str | None) -> WorkflowPolicy:
     try:
-        data = yaml.safe_load(text)
         lines = yaml.compose(text, Loader=yaml.SafeLoader)
+        if lines is not None and _expanded_size(lines, {}) > MAX_YAML_VALUES:
+            raise ResilienceConfigError(
+                f"the document expands to more than {MAX_YAML_VALUES:,} values through YAML"
+                " aliases; a policy never needs that many",
+                path=path,
+                line=lines.start_mark.line + 1,
+            )
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ResilienceConfigError(
             f"not valid YAML: {problem}", path=path, line=mark.line + 1 if mark else None
         ) from None
+    except RecursionError:
+        raise ResilienceConfigError("the document is nested too deeply", path=path) from None
     return policy_from_mapping(data, path=path, lines=lines)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values the node stands for once its aliases are expanded (shared nodes
+    are counted once per use, computed once: linear in the document's own size)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 1  # a node reached again through itself counts once
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        total += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_size(item, sizes) for item in node.value)
+    sizes[id(node)] = total
+    return total
 
 
 def _is_union_tag(part: Any) -> bool:
