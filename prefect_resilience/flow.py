@@ -679,8 +679,14 @@ def _recover(record: JournalRecord) -> bool:
 
 @contextmanager
 def _judged(settings: _RunSettings, flow_name: str) -> Iterator[RunTracker]:
-    """The scope of one run's body: its tracker observes, and a raise ends the run honestly."""
-    tracker = _start(settings, flow_name)
+    """The scope of one run's body: its tracker observes, and a raise ends the run honestly.
+
+    The run is reported under the name of the flow that runs, which differs from
+    the decorated one after `.with_options(name=...)`.
+    """
+    context = FlowRunContext.get()
+    running = context.flow.name if context is not None and context.flow is not None else None
+    tracker = _start(settings, running or flow_name)
     try:
         with observing(tracker):
             try:

@@ -469,3 +469,13 @@ def test_report_wait_bounds_the_wait_for_prefects_record() -> None:
     assert time.monotonic() - started_at < 30
     with pytest.raises(ResilienceConfigError, match="report_wait"):
         resilient_flow(report_wait=-1)(lambda: None)
+
+
+def test_a_renamed_flow_reports_under_its_new_name() -> None:
+    @resilient_flow(name="named-once")
+    def named_once() -> str:
+        return fetch("k")
+
+    renamed = named_once.with_options(name="named-twice")
+    report = get_report(run_of(renamed(return_state=True)))
+    assert report.flow_name == "named-twice"
