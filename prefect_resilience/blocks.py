@@ -87,7 +87,8 @@ def nightly():
     degraded_credit: float = _field("degraded_credit")
     impact_weights: dict[FailureImpact, float] = _field("impact_weights")
     step_policies: list[StepRule] = _field("step_policies")
-    auto_retry_bounds: tuple[int, int] = _field("auto_retry_bounds")
+    auto_retries_min: int = _field("auto_retries_min")
+    auto_retries_max: int = _field("auto_retries_max")
     learned_retries: dict[str, LearnedRetry] = _field("learned_retries")
 
     @field_serializer("step_policies")

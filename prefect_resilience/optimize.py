@@ -187,7 +187,7 @@ def learn_retries(
 
     Per step: the retries (and backoff, where history shows that the delay
     matters) that maximise the predicted success within `time_budget_s`, inside
-    the policy's `auto_retry_bounds`. A step with too little history keeps what
+    the policy's `auto_retries_min`..`auto_retries_max`. A step with too little history keeps what
     it had (learned values, or the declared retries). Returns the new block
     version (None when nothing was learned) and, per step, what happened.
     """

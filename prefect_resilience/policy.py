@@ -445,11 +445,17 @@ class WorkflowPolicy(_Model):
         " the first match applies.",
     )
 
-    auto_retry_bounds: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] = Field(
-        (0, 10),
-        validation_alias=_aliases("auto_retry_bounds", "autoRetryBounds"),
-        description="Lowest and highest retries that 'auto' may use; learned values outside"
-        " them are not used.",
+    auto_retries_min: int = Field(
+        0,
+        ge=0,
+        validation_alias=_aliases("auto_retries_min", "autoRetriesMin"),
+        description="Fewest retries 'auto' may use; learned values below are not used.",
+    )
+    auto_retries_max: int = Field(
+        10,
+        ge=0,
+        validation_alias=_aliases("auto_retries_max", "autoRetriesMax"),
+        description="Most retries 'auto' may use; learned values above are not used.",
     )
     learned_retries: dict[str, LearnedRetry] = Field(
         default_factory=dict,
@@ -463,12 +469,19 @@ class WorkflowPolicy(_Model):
     def _all_impacts_weighted(cls, value: dict[FailureImpact, float]) -> dict[FailureImpact, float]:
         return {**DEFAULT_IMPACT_WEIGHTS, **value}
 
-    @field_validator("auto_retry_bounds")
-    @classmethod
-    def _low_then_high(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if value[0] > value[1]:
-            raise ValueError(f"the lower bound {value[0]} is above the upper bound {value[1]}")
-        return value
+    @model_validator(mode="after")
+    def _auto_bounds_in_order(self) -> WorkflowPolicy:
+        if self.auto_retries_min > self.auto_retries_max:
+            raise ValueError(
+                f"auto_retries_min {self.auto_retries_min} is above"
+                f" auto_retries_max {self.auto_retries_max}"
+            )
+        return self
+
+    @property
+    def auto_retry_bounds(self) -> tuple[int, int]:
+        """The retries 'auto' may use, lowest and highest."""
+        return self.auto_retries_min, self.auto_retries_max
 
     def rule_for(self, task_name: str, tags: Iterable[str] = ()) -> StepRule | None:
         """The first step policy, in declared order, that matches the task."""
@@ -494,7 +507,7 @@ class WorkflowPolicy(_Model):
     def _with_learned_retries(self, task_name: str, rule: StepRule) -> StepRule:
         """`retries: auto` made concrete: the learned retries within bounds, else the declared.
 
-        Learned values outside `auto_retry_bounds`, or none at all (too little
+        Learned values outside `auto_retries_min`..`auto_retries_max`, or none at all (too little
         history to learn from), leave the decorator's declared retries in force.
         """
         settings = {k: v for k, v in rule.explicit().items() if k != "retries"}

@@ -245,7 +245,7 @@ def test_a_step_policy_rule_overrides_what_history_shows() -> None:
 
 
 AUTO = {
-    "auto_retry_bounds": [0, 5],
+    "auto_retries_max": 5,
     "step_policies": [
         {"match": "extract", "retries": "auto", "policy": "fail_fast"},
         {"match": "load", "retries": "auto"},
@@ -280,7 +280,7 @@ def test_auto_retries_are_refused_where_nothing_is_learned() -> None:
 
     with pytest.raises(ResilienceConfigError, match="retries='auto' belongs in a workflow"):
         resilient(retries="auto")(lambda: None)
-    with pytest.raises(ResilienceConfigError, match="auto_retry_bounds"):
+    with pytest.raises(ResilienceConfigError, match="auto_retries_min 5 is above"):
         from prefect_resilience.policy import load_policy
 
-        load_policy({"auto_retry_bounds": [5, 1]})
+        load_policy({"auto_retries_min": 5, "auto_retries_max": 1})
