@@ -734,8 +734,9 @@ def resilient_flow(
 
     Stack it over `@flow` or use it alone (it then makes the flow, passing
     `flow_options` such as `name` or `task_runner` to Prefect). `policy` is a
-    `WorkflowPolicy`, a YAML file, or nothing (plain Prefect behaviour); it is
-    read when each run starts. `pause_below` pauses the run for a
+    `WorkflowPolicy`, a YAML file, the name of a Resilience Policy block, or
+    nothing (plain Prefect behaviour); it is read when each run starts, so an
+    edited block or file applies to the next run. `pause_below` pauses the run for a
     `LowHealthDecision` when health falls below it; no answer within
     `pause_timeout` seconds aborts the run. `report_wait` bounds how long the
     end of a run waits for Prefect to record its task runs (for attempts in
