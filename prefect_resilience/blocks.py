@@ -145,7 +145,9 @@ def load_block_policy(name: str) -> WorkflowPolicy:
         raise ResilienceConfigError(
             f"no Resilience Policy block named {name!r} on this Prefect server", field="policy"
         ) from None
-    data = {k: v for k, v in (document.data or {}).items() if k in _POLICY_FIELDS}
+    # every key is checked: a setting written through the API under a wrong name is an
+    # error naming it, not silently dropped
+    data = {k: v for k, v in (document.data or {}).items() if k != "name"}
     try:
         return WorkflowPolicy.model_validate({**data, "name": name})
     except ValidationError as exc:

@@ -250,3 +250,20 @@ def test_cli_apply_history_diff_rollback(tmp_path: Path) -> None:
     missing = runner.invoke(app, ["policy", "rollback", "cli-policy", "--to", "99"])
     assert missing.exit_code == 1 and "not 99" in missing.output
     assert runner.invoke(app, ["policy", "rollback", "cli-policy", "--to", "0"]).exit_code == 2
+
+
+@pytest.mark.usefixtures("registered")
+def test_a_misspelt_setting_in_a_block_document_is_named(request: pytest.FixtureRequest) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import BlockDocumentUpdate
+
+    name = unique("typo", request)
+    policy_blocks.save_policy(name, WorkflowPolicy(name=name))
+    with get_client(sync_client=True) as client:
+        document = client.read_block_document_by_name(name, block_type_slug="resilience-policy")
+        client.update_block_document(
+            document.id,
+            BlockDocumentUpdate(data={**document.data, "maxPartialFailure": 3}),
+        )
+    with pytest.raises(ResilienceConfigError, match="maxPartialFailure"):
+        policy_blocks.load_block_policy(name)
