@@ -284,3 +284,33 @@ def test_auto_retries_are_refused_where_nothing_is_learned() -> None:
         from prefect_resilience.policy import load_policy
 
         load_policy({"auto_retries_min": 5, "auto_retries_max": 1})
+
+
+def test_a_backoff_is_learned_where_longer_waits_recovered_more_often() -> None:
+    # an outage that outlasts a quick retry: half the runs retried at once, half after 10 s
+    steps = [{"name": "fetch", "policy": "fail_fast", "critical": True, "p": 0.0, "retries": 1}]
+    tasks, flows, reports = history(steps, 240, seed=8)
+    rng = random.Random(8)
+    for i in tasks.index:
+        wait = 10.0 if i % 2 else 0.0
+        first_ok = rng.random() >= 0.4
+        retry_ok = rng.random() >= (0.1 if wait else 0.9)
+        attempts, ok = (1, True) if first_ok else (2, retry_ok)
+        start = tasks.at[i, "start_time"]
+        tasks.loc[i, ["run_count", "duration_s", "state_type"]] = [
+            attempts,
+            float(attempts),
+            "COMPLETED" if ok else "FAILED",
+        ]
+        tasks.at[i, "end_time"] = start + pd.Timedelta(seconds=attempts + wait * (attempts - 1))
+        if not ok:
+            flows.loc[flows["flow_run_id"] == tasks.at[i, "flow_run_id"], "state_type"] = "FAILED"
+    proposal = propose(tasks, flows, reports, bootstrap=30)
+    (backoff,) = [c for c in proposal.candidates if c.kind == "backoff_tuning"]
+    assert backoff.step == "fetch" and backoff.metric == "failure_rate"
+    assert backoff.patch["backoff"]["initial"] >= 5  # waits long enough for the outage to end
+    assert backoff.evidence["recovery_basis"] == "elapsed"
+    # now about 0.4 * (0.9 + 0.1) / 2 = 20% of runs fail; a long wait leaves about 0.4 * 0.1
+    assert backoff.before["failure_rate"] == pytest.approx(0.2, abs=0.07)
+    assert backoff.after["failure_rate"] < 0.1
+    assert backoff.gain > 0.5 and backoff.confidence >= 0.8

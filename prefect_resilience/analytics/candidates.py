@@ -6,6 +6,8 @@ current policy and under the changed one with the same random draws.
 
 - retry_tuning: more retries where retries recover failures.
 - retry_removal: no retries where retries never recovered anything.
+- backoff_tuning: the retries and backoff the retry model learns where retries
+  after longer waits recovered more often (an outage that ends).
 - policy_relaxation: `continue` for a non-critical `fail_fast` step whose
   failures stop runs.
 - fallback: `graceful_degradation` with a fallback task for a tolerated step
@@ -45,6 +47,7 @@ from prefect_resilience.policy import FailureImpact, FailurePolicy, StepPolicy, 
 
 from ._common import FAILED_STATES, FINISHED_STATES, durations, state_types, utc
 from .model import Prediction, StepModel, WorkflowModel, fit, simulate
+from .retry_model import choose_retries, fit_retry_models
 
 MIN_FLOW_RUNS = 20
 """Fewer finished flow runs than this support no claim at all."""
@@ -55,6 +58,8 @@ MIN_FAILURE_RATE = 0.02
 VIABLE_CONFIDENCE = 0.5
 """A candidate below this confidence is reported as rejected, with its figures."""
 MAX_RETRIES = 10
+BACKOFF_EXTRA_S = 60.0
+"""A learned backoff may make a step's worst case this much longer than its schedule now."""
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,7 @@ def propose(
     rejected = list(model.skipped)
     changes = [
         *_policy_changes(model, rejected),
+        *_backoffs(task_runs, model, rejected),
         *_timeouts(task_runs, model, rejected),
         *_parallel_pairs(task_runs, model),
     ]
@@ -296,6 +302,53 @@ def _attempt_evidence(step: StepModel) -> dict[str, Any]:
         "policy": step.step.policy.value,
         "retries": step.step.retries,
     }
+
+
+def _backoffs(
+    task_runs: pd.DataFrame, model: WorkflowModel, rejected: list[str]
+) -> Iterable[_Change]:
+    """A learned backoff where retries after longer waits recovered more often.
+
+    Only where the history holds retries after different waits and their
+    success differs significantly (`retry_model.DelayEvidence.matters`); the
+    schedule's worst case may take at most `BACKOFF_EXTRA_S` more than now.
+    """
+    retried = [s for s in model.steps if s.step.retries and s.retry_evidence]
+    if not retried:
+        return
+    models = fit_retry_models(task_runs, steps=[s.name for s in retried])
+    for step in retried:
+        fitted = models.get(step.name)
+        if fitted is None:
+            continue
+        if not fitted.delay.matters:
+            rejected.append(f"backoff_tuning {step.name}: {fitted.delay.reason}")
+            continue
+        now = step.step.retry_delays()
+        budget = (step.step.retries + 1) * step.attempt_s + sum(now) + BACKOFF_EXTRA_S
+        choice = choose_retries(fitted, step.attempt_s, budget, bounds=(0, MAX_RETRIES))
+        learned = choice.learned
+        if learned is None or learned.backoff is None:
+            rejected.append(f"backoff_tuning {step.name}: {choice.reason}")
+            continue
+        backoff = {k: round(v, 3) for k, v in learned.backoff.items()}
+        yield _Change(
+            "backoff_tuning",
+            step.name,
+            f"retry {step.name} {learned.retries} times with backoff {backoff}: retries after"
+            f" longer waits recovered more often ({fitted.delay.reason})",
+            "failure_rate" if step.step.policy is FailurePolicy.FAIL_FAST else f"lost:{step.name}",
+            patch={"match": step.name, "retries": learned.retries, "backoff": backoff},
+            evidence={
+                **_attempt_evidence(step),
+                "predicted_step_success": learned.predicted_success,
+                "predicted_step_success_interval": [
+                    learned.predicted_success_low,
+                    learned.predicted_success_high,
+                ],
+                "recovery_basis": learned.basis,
+            },
+        )
 
 
 def _timeouts(
@@ -438,7 +491,7 @@ def _score(
         deltas, gains = means, means / model.duration_s
         floor = 0.0
     else:
-        effect = _effect(change, policy, runs, seed)
+        effect = _effect(change, policy, runs, seed, model)
         before, after = effect(model)
         pairs = [effect(m) for m in replicates if _models_step(m, change.step)]
         deltas = np.array([b[change.metric] - a[change.metric] for b, a in pairs])
@@ -478,10 +531,20 @@ def _models_step(model: WorkflowModel, name: str) -> bool:
 
 
 def _effect(
-    change: _Change, policy: WorkflowPolicy, runs: int, seed: int
+    change: _Change, policy: WorkflowPolicy, runs: int, seed: int, base_model: WorkflowModel
 ) -> Callable[[WorkflowModel], tuple[dict[str, float], dict[str, float]]]:
     """The metrics of a model as it is and with the change, from the same random draws."""
     patch = {k: v for k, v in (change.patch or {}).items() if k != "match"}
+    rng = np.random.default_rng(seed)
+
+    def draw(model: WorkflowModel) -> float:
+        """The step's success under the learned backoff: the point estimate for the model
+        itself, a draw from its interval for each bootstrap replicate."""
+        point = change.evidence["predicted_step_success"]
+        if model is base_model:
+            return point
+        low, high = change.evidence["predicted_step_success_interval"]
+        return float(np.clip(rng.normal(point, max(high - low, 0.0) / 3.92), 0.0, 1.0))
 
     def effect(model: WorkflowModel) -> tuple[dict[str, float], dict[str, float]]:
         changed = model.with_step(change.step, step=model.step(change.step).step.merged(patch))
@@ -489,12 +552,32 @@ def _effect(
             changed = changed.with_step(change.step, fallback_rescue=1.0)
         if change.kind == "timeout":
             changed = _with_timeout(changed, change)
+        if change.kind == "backoff_tuning":
+            changed = _with_success(changed, change, draw(model))
         base = simulate(model, policy, runs, seed)
         return _metrics(model, base, base), _metrics(
             model, base, simulate(changed, policy, runs, seed)
         )
 
     return effect
+
+
+def _with_success(model: WorkflowModel, change: _Change, success: float) -> WorkflowModel:
+    """The step with attempts that reach `success` over its new retries.
+
+    Its first attempt keeps the hazard history shows; each retry gets the same
+    hazard, chosen so that all its attempts together succeed with `success`
+    (the retry model's prediction under the learned backoff).
+    """
+    step = model.step(change.step)
+    tries = step.step.retries + 1
+    first = step.hazard(1)
+    left = (1 - success) / (1 - first) if first < 1 else 0.0
+    later = 1 - min(max(left, 0.0), 1.0) ** (1 / max(tries - 1, 1)) if tries > 1 else 0.0
+    scale = 1_000_000  # counts standing for exact hazards
+    reached = tuple([scale] * tries)
+    succeeded = (round(first * scale), *[round(later * scale)] * (tries - 1))
+    return model.with_step(change.step, reached=reached, succeeded=succeeded)
 
 
 def _with_timeout(model: WorkflowModel, change: _Change) -> WorkflowModel:
