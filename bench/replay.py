@@ -218,13 +218,45 @@ def run_many(flow: Callable[..., Any], tag: str, runs: int, workers: int) -> Non
         list(pool.map(one, range(runs)))
 
 
-def observed(flow_name: str) -> dict[str, float]:
-    """The candidate metrics as the real runs show them, read back from the Prefect API."""
+def observed(flow_name: str) -> tuple[dict[str, float], Any]:
+    """The candidate metrics as the real runs show them (read back from the Prefect API),
+    and the history they come from."""
     from prefect_resilience.analytics.candidates import realised_metrics
     from prefect_resilience.history import load_history
 
     history = load_history(flow_name, refresh=True)
-    return realised_metrics(history.task_runs, history.flow_runs, history.reports)
+    return realised_metrics(history.task_runs, history.flow_runs, history.reports), history
+
+
+def _resampled(history: Any, rng: np.random.Generator) -> dict[str, float]:
+    """The metrics of the same number of flow runs drawn with replacement from `history`."""
+    from prefect_resilience.analytics.candidates import realised_metrics
+
+    ids = history.flow_runs["flow_run_id"].to_numpy()
+    picked = pd.DataFrame({"flow_run_id": rng.choice(ids, len(ids)), "copy": range(len(ids))})
+
+    def copy(frame: pd.DataFrame) -> pd.DataFrame:
+        joined = frame.merge(picked, on="flow_run_id")
+        return joined.assign(flow_run_id=joined.pop("copy"))
+
+    return realised_metrics(copy(history.task_runs), copy(history.flow_runs),
+                            copy(history.reports))  # fmt: skip
+
+
+def realised_interval(
+    before: Any, after: Any, metric: str, count: int = 200
+) -> tuple[float, float]:
+    """A 90% bootstrap interval of the realised gain: both sets of runs resampled."""
+    rng = np.random.default_rng(0)
+    gains = []
+    for _ in range(count):
+        b, a = _resampled(before, rng), _resampled(after, rng)
+        if b.get(metric):
+            gains.append((b[metric] - a.get(metric, 0.0)) / b[metric])
+    if not gains:
+        return float("nan"), float("nan")
+    low, high = np.quantile(gains, [0.05, 0.95])
+    return float(low), float(high)
 
 
 def replay(workload: Workload, runs: int, workers: int, tag: str) -> list[dict[str, Any]]:
@@ -238,7 +270,7 @@ def replay(workload: Workload, runs: int, workers: int, tag: str) -> list[dict[s
     run_many(build_flow(workload, base_name, policy), f"{tag}:base", runs, workers)
     history = load_history(base_name, refresh=True)
     proposal = propose(history.task_runs, history.flow_runs, history.reports, policy)
-    before = observed(base_name)
+    before, base_history = observed(base_name)
     rows = []
     for candidate in proposal.candidates:
         name = f"{workload.name}-{candidate.id}-{tag}"
@@ -246,13 +278,17 @@ def replay(workload: Workload, runs: int, workers: int, tag: str) -> list[dict[s
             flow = build_flow(workload, name, policy, parallel=_earlier(workload, candidate.step))
         elif candidate.kind == "fallback":
             if candidate.step not in workload.fallback_for:
-                rows.append(_row(workload, candidate, before, None, "no fallback task written"))
+                rows.append(
+                    _row(workload, candidate, before, None, "no fallback task written", None)
+                )
                 continue
             flow = build_flow(workload, name, policy, fallbacks=frozenset({candidate.step}))
         else:
             flow = build_flow(workload, name, apply_patch(policy, candidate.patch))
         run_many(flow, f"{tag}:{candidate.id}", runs, workers)
-        rows.append(_row(workload, candidate, before, observed(name), ""))
+        after, after_history = observed(name)
+        interval = realised_interval(base_history, after_history, candidate.metric)
+        rows.append(_row(workload, candidate, before, after, "", interval))
     if not proposal.candidates:
         rows.append({
             "workload": workload.name, "kind": "-", "step": "-", "metric": "-",
@@ -270,11 +306,13 @@ def _earlier(workload: Workload, step: str) -> frozenset[str]:
 
 
 def _row(workload: Workload, candidate: Any, before: dict[str, float],
-         after: dict[str, float] | None, note: str) -> dict[str, Any]:  # fmt: skip
+         after: dict[str, float] | None, note: str,
+         interval: tuple[float, float] | None) -> dict[str, Any]:  # fmt: skip
     metric = candidate.metric
     realised = None
     if after is not None and before.get(metric):
         realised = (before[metric] - after.get(metric, 0.0)) / before[metric]
+    low, high = interval or (float("nan"), float("nan"))
     return {
         "workload": workload.name,
         "kind": candidate.kind,
@@ -284,6 +322,8 @@ def _row(workload: Workload, candidate: Any, before: dict[str, float],
         "after": None if after is None else after.get(metric, 0.0),
         "predicted": candidate.gain,
         "realised": realised,
+        "realised 90%": f"{low:.2f} .. {high:.2f}" if interval else None,
+        "inside": (low <= candidate.gain <= high) if interval else None,
         "confidence": candidate.confidence,
         "note": note,
     }
@@ -303,6 +343,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "prediction accuracy (1 - MAPE)": float(1 - ape.mean()) if len(ape) else float("nan"),
         "sign agreement": float((np.sign(measured["predicted"]) ==
                                  np.sign(measured["realised"])).mean()),
+        "predicted gain inside the realised 90% interval": float(
+            measured["inside"].astype(bool).mean()),
         "confidence >= 0.8: candidates": len(confident),
         "calibration (share realising a gain)": float((confident["realised"] > 0).mean())
         if len(confident) else float("nan"),
@@ -333,7 +375,7 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     summary = summarise(rows)
     columns = ["workload", "kind", "step", "metric", "before", "after", "predicted",
-               "realised", "confidence", "note"]  # fmt: skip
+               "realised", "realised 90%", "inside", "confidence", "note"]  # fmt: skip
     table = [[str(_fmt(r.get(c))) for c in columns] for r in rows]
     show("Predicted against realised gain, per candidate", columns, table)
     totals = [[k, str(_fmt(v))] for k, v in summary.items()]
@@ -357,7 +399,11 @@ def main() -> None:
         f"{len(chosen)} workloads, {args.runs} real flow runs per phase on Prefect's test"
         f" server (SQLite), {args.workers} at a time; {elapsed:.0f} s in all. Gains are"
         " relative improvements of each candidate's own metric; realised = between the"
-        " baseline runs and the runs with the candidate applied.\n\n"
+        " baseline runs and the runs with the candidate applied; its 90% interval"
+        " resamples both sets of runs (sampling noise at this many runs; it has no width"
+        " where no run of a set lost anything, so a predicted 90% against a realised 100%"
+        " with no failure left counts as outside)."
+        ' "inside": the predicted gain lies in that interval.\n\n'
         + markdown_table(columns, table)
         + "\n\n"
         + markdown_table(["measure", "value"], totals)
