@@ -28,7 +28,7 @@ from prefect import flow, get_run_logger
 from prefect_resilience import blocks, optimize
 from prefect_resilience.analytics.candidates import MIN_FLOW_RUNS, propose, realised_metrics
 from prefect_resilience.history import load_history, parse_since
-from prefect_resilience.report import artifact_key
+from prefect_resilience.report import artifact_key, create_artifact
 
 DECISION_TYPE = "resilience-self-optimization"
 
@@ -39,7 +39,7 @@ def last_decision(flow_name: str) -> dict[str, Any] | None:
 
 def record(flow_name: str, decision: dict[str, Any]) -> dict[str, Any]:
     """Keep the decision as a keyed artifact: its versions are the loop's log."""
-    optimize.create_artifact(
+    create_artifact(
         artifact_key("self-optimization", flow_name),
         DECISION_TYPE,
         decision,

@@ -321,25 +321,17 @@ def publish_compliance(report: Any, subject: str, flow_run_id: Any = None) -> bo
     """
     import json
 
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import ArtifactCreate
     from prefect.runtime import flow_run
 
-    from prefect_resilience.report import artifact_key
+    from prefect_resilience.report import artifact_key, create_artifact
 
     flow_run_id = flow_run_id or flow_run.id
     if not flow_run_id:
         return False
     title = f"Compliance with the design's targets: {subject}"
-    with get_client(sync_client=True) as client:
-        client.create_artifact(ArtifactCreate(
-            type="markdown", key=artifact_key("compliance", subject), description=title,
-            data=report.to_markdown(title), flow_run_id=flow_run_id,
-        ))  # fmt: skip
-        client.create_artifact(ArtifactCreate(
-            type="table", key=artifact_key("compliance-table", subject), description=title,
-            data=json.dumps(report.rows()), flow_run_id=flow_run_id,
-        ))  # fmt: skip
+    markdown, table = report.to_markdown(title), json.dumps(report.rows())
+    create_artifact(artifact_key("compliance", subject), "markdown", markdown, title, flow_run_id)
+    create_artifact(artifact_key("compliance-table", subject), "table", table, title, flow_run_id)
     return True
 
 

@@ -14,7 +14,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from prefect_resilience.analytics.candidates import Proposal, apply_patch, propose
+from prefect_resilience.analytics.candidates import Proposal, apply_patch
 from prefect_resilience.blocks import (
     PolicyVersion,
     load_block_policy,
@@ -24,7 +24,7 @@ from prefect_resilience.blocks import (
 from prefect_resilience.errors import ResilienceConfigError
 from prefect_resilience.history import load_history
 from prefect_resilience.policy import WorkflowPolicy
-from prefect_resilience.report import artifact_key
+from prefect_resilience.report import artifact_key, create_artifact
 
 PROPOSAL_TYPE = "resilience-proposal"
 
@@ -33,23 +33,6 @@ def fingerprint(policy: WorkflowPolicy) -> str:
     """A short hash of a policy's normal form: equal policies, equal fingerprints."""
     text = json.dumps(policy_document(policy), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def propose_for(
-    flow_name: str,
-    block: str | None = None,
-    *,
-    since: datetime | None = None,
-    bootstrap: int = 40,
-    refresh: bool = False,
-) -> tuple[Proposal, str | None]:
-    """Candidates from `flow_name`'s history, relative to the policy in `block` (if given)."""
-    policy = load_block_policy(block) if block else None
-    history = load_history(flow_name, since=since, refresh=refresh)
-    proposal = propose(
-        history.task_runs, history.flow_runs, history.reports, policy, bootstrap=bootstrap
-    )
-    return proposal, fingerprint(policy) if policy else None
 
 
 def publish_proposal(proposal: Proposal, block: str | None, policy_fingerprint: str | None) -> None:
@@ -61,22 +44,6 @@ def publish_proposal(proposal: Proposal, block: str | None, policy_fingerprint: 
     create_artifact(
         artifact_key("candidates", flow), "markdown", to_markdown(proposal), description
     )
-
-
-def create_artifact(key: str, kind: str, data: Any, description: str) -> None:
-    """A keyed artifact, attached to the flow run this runs in, if any."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import ArtifactCreate
-    from prefect.context import FlowRunContext
-
-    context = FlowRunContext.get()
-    run_id = context.flow_run.id if context and context.flow_run else None
-    with get_client(sync_client=True) as client:
-        client.create_artifact(
-            ArtifactCreate(
-                key=key, type=kind, data=data, description=description, flow_run_id=run_id
-            )
-        )
 
 
 def latest_artifact_data(key: str) -> dict[str, Any] | None:

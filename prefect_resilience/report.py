@@ -336,6 +336,26 @@ def publish(report: PartialSuccessResult) -> None:
             client.create_artifact(artifact)
 
 
+def create_artifact(
+    key: str, kind: str, data: Any, description: str, flow_run_id: Any = None
+) -> bool:
+    """A keyed artifact of `flow_run_id`, or of the flow run this runs in (its run context,
+    or PREFECT__FLOW_RUN_ID in a deployment's process); unattached outside any flow run.
+    Returns whether it is attached to a flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactCreate
+    from prefect.runtime import flow_run
+
+    run_id = flow_run_id or flow_run.id
+    with get_client(sync_client=True) as client:
+        client.create_artifact(
+            ArtifactCreate(
+                key=key, type=kind, data=data, description=description, flow_run_id=run_id
+            )
+        )
+    return run_id is not None
+
+
 def get_report(flow_run_id: UUID | str) -> PartialSuccessResult | None:
     """The report of a flow run, read back from the Prefect API (None if it has none)."""
     from prefect.client.orchestration import get_client
