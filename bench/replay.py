@@ -230,17 +230,11 @@ def observed(flow_name: str) -> tuple[dict[str, float], Any]:
 
 def _resampled(history: Any, rng: np.random.Generator) -> dict[str, float]:
     """The metrics of the same number of flow runs drawn with replacement from `history`."""
-    from prefect_resilience.analytics.candidates import realised_metrics
+    from prefect_resilience.analytics.candidates import realised_metrics, resample_runs
 
     ids = history.flow_runs["flow_run_id"].to_numpy()
-    picked = pd.DataFrame({"flow_run_id": rng.choice(ids, len(ids)), "copy": range(len(ids))})
-
-    def copy(frame: pd.DataFrame) -> pd.DataFrame:
-        joined = frame.merge(picked, on="flow_run_id")
-        return joined.assign(flow_run_id=joined.pop("copy"))
-
-    return realised_metrics(copy(history.task_runs), copy(history.flow_runs),
-                            copy(history.reports))  # fmt: skip
+    frames = [history.task_runs, history.flow_runs, history.reports]
+    return realised_metrics(*resample_runs(frames, ids, rng))
 
 
 def realised_interval(

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -48,6 +48,7 @@ from prefect_resilience.policy import FailureImpact, FailurePolicy, StepPolicy, 
 from ._common import FAILED_STATES, FINISHED_STATES, durations, state_types, utc
 from .model import Prediction, StepModel, WorkflowModel, fit, simulate
 from .retry_model import choose_retries, fit_retry_models
+from .statistics import step_statistics
 
 MIN_FLOW_RUNS = 20
 """Fewer finished flow runs than this support no claim at all."""
@@ -461,14 +462,25 @@ def _replicates(
     ids = finished["flow_run_id"].to_numpy()
     models = []
     for _ in range(count):
-        picked = pd.DataFrame({"flow_run_id": rng.choice(ids, len(ids)), "copy": range(len(ids))})
-
-        def resampled(frame: pd.DataFrame, picked: pd.DataFrame = picked) -> pd.DataFrame:
-            joined = frame.merge(picked, on="flow_run_id")
-            return joined.assign(flow_run_id=joined.pop("copy"))
-
-        models.append(fit(resampled(task_runs), resampled(finished), reports, policy))
+        tasks, flows = resample_runs([task_runs, finished], ids, rng)
+        models.append(fit(tasks, flows, reports, policy))
     return models
+
+
+def resample_runs(
+    frames: Sequence[pd.DataFrame], ids: np.ndarray, rng: np.random.Generator
+) -> list[pd.DataFrame]:
+    """The frames for len(ids) flow runs drawn from `ids` with replacement (the bootstrap).
+
+    Each draw becomes a run of its own: its rows in every frame get a new flow_run_id,
+    so a run drawn twice counts twice.
+    """
+    picked = pd.DataFrame({"flow_run_id": rng.choice(ids, len(ids)), "copy": range(len(ids))})
+    drawn = []
+    for frame in frames:
+        joined = frame.merge(picked, on="flow_run_id")
+        drawn.append(joined.assign(flow_run_id=joined.pop("copy")))
+    return drawn
 
 
 def _score(
@@ -712,9 +724,8 @@ def realised_metrics(
     count = len(finished)
     tasks = task_runs[task_runs["flow_run_id"].isin(finished["flow_run_id"])]
     tasks = tasks[tasks["policy"].notna().to_numpy(bool)]
-    attempts = pd.to_numeric(tasks["run_count"], errors="coerce").clip(lower=1)
     failed = state_types(tasks).isin(FAILED_STATES).to_numpy(bool)
-    lost = durations(tasks) * np.where(failed, 1.0, (attempts - 1) / attempts)
+    wasted = step_statistics(tasks)["wasted_retry_s"].sum()  # the package's one definition
     down = tasks[failed].groupby("task_name")["flow_run_id"].nunique()
     health = (
         reports["health_score"].astype(float)
@@ -725,7 +736,7 @@ def realised_metrics(
         "flow_runs": float(len(finished)),
         "failure_rate": float((state_types(finished) != "COMPLETED").astype(bool).mean()),
         "health_loss": float(1 - health.mean()) if len(health) else float("nan"),
-        "wasted_s": float(lost.sum() / count),
+        "wasted_s": float(wasted / count),
         "duration_s": float(durations(finished).mean()),
         **{
             f"lost:{name}": float(down.get(name, 0) / count) for name in tasks["task_name"].unique()
