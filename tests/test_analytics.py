@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import ast
 import math
-import subprocess
 import sys
-import textwrap
 import uuid
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,8 +35,8 @@ from prefect_resilience.analytics import (
     time_concentration,
     wilson_interval,
 )
+from tests.standalone import ANALYTICS, run_standalone
 
-ANALYTICS = Path(__file__).resolve().parent.parent / "prefect_resilience" / "analytics"
 T0 = pd.Timestamp("2024-03-04 00:00", tz="UTC")  # a Monday
 IN_PROGRESS = ["RUNNING", "PENDING", "SCHEDULED", "PAUSED"]
 STATES = ["COMPLETED", "FAILED", "CRASHED", "CANCELLED", *IN_PROGRESS]
@@ -293,36 +290,19 @@ def test_the_analytics_modules_import_nothing_but_pandas_numpy_scipy() -> None:
 
 def test_the_analytics_package_runs_where_prefect_cannot_be_imported() -> None:
     """Loaded on its own with `prefect` blocked, it still computes."""
-    script = textwrap.dedent(
-        f"""
-        import importlib.abc, importlib.util, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("prefect", "prefect_resilience"):
-                    raise ImportError("blocked: " + name)
-        sys.meta_path.insert(0, Block())
-        spec = importlib.util.spec_from_file_location(
-            "standalone_analytics", {str(ANALYTICS / "__init__.py")!r},
-            submodule_search_locations=[{str(ANALYTICS)!r}],
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["standalone_analytics"] = module
-        spec.loader.exec_module(module)
+    printed = run_standalone(
+        """
         import pandas as pd
-        runs = pd.DataFrame({{
+        runs = pd.DataFrame({
             "task_name": ["a", "a"], "state_type": ["FAILED", "COMPLETED"], "run_count": [1, 2],
             "start_time": pd.to_datetime(["2024-01-01", "2024-01-02"], utc=True),
             "end_time": pd.to_datetime(["2024-01-01", "2024-01-02"], utc=True),
             "duration_s": [1.0, 2.0],
-        }})
-        print(int(module.step_statistics(runs).loc["a", "runs"]))
+        })
+        print(int(analytics.step_statistics(runs).loc["a", "runs"]))
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "2"
+    assert printed == "2"
 
 
 def _without(data: pd.DataFrame, column: str) -> pd.DataFrame:

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
-import textwrap
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,8 +24,8 @@ from prefect_resilience.analytics.retry_model import (
     retry_hazards,
 )
 from prefect_resilience.policy import Backoff
+from tests.standalone import run_standalone
 
-ANALYTICS = Path(__file__).resolve().parent.parent / "prefect_resilience" / "analytics"
 T0 = pd.Timestamp("2024-03-04 00:00", tz="UTC")
 FITTED = datetime(2024, 4, 1, tzinfo=UTC)
 
@@ -309,31 +305,14 @@ def test_without_times_the_delay_cannot_be_learned() -> None:
 
 
 def test_the_module_runs_where_prefect_cannot_be_imported() -> None:
-    script = textwrap.dedent(
-        f"""
-        import importlib.abc, importlib.util, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("prefect", "prefect_resilience", "pydantic"):
-                    raise ImportError("blocked: " + name)
-        sys.meta_path.insert(0, Block())
-        spec = importlib.util.spec_from_file_location(
-            "standalone_analytics", {str(ANALYTICS / "__init__.py")!r},
-            submodule_search_locations=[{str(ANALYTICS)!r}],
-        )
-        package = importlib.util.module_from_spec(spec)
-        sys.modules["standalone_analytics"] = package
-        spec.loader.exec_module(package)
-        import importlib
+    printed = run_standalone(
+        """
         module = importlib.import_module("standalone_analytics.retry_model")
         import pandas as pd
-        runs = pd.DataFrame({{"task_name": ["a"] * 3, "state_type": ["FAILED", "COMPLETED",
-                              "COMPLETED"], "run_count": [2, 2, 1]}})
+        runs = pd.DataFrame({"task_name": ["a"] * 3, "state_type": ["FAILED", "COMPLETED",
+                             "COMPLETED"], "run_count": [2, 2, 1]})
         print(module.retry_hazards(runs)["reached"].tolist())
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[3, 2]"
+    assert printed == "[3, 2]"
     assert importlib.util.find_spec("prefect_resilience.analytics.retry_model") is not None

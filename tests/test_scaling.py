@@ -6,11 +6,6 @@ limits can be worked out by hand (each test says how).
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -26,8 +21,8 @@ from prefect_resilience.analytics.scaling import (
     season_lengths,
     task_runner_width,
 )
+from tests.standalone import run_standalone
 
-ANALYTICS = Path(__file__).resolve().parent.parent / "prefect_resilience" / "analytics"
 T0 = pd.Timestamp("2024-03-04 00:00", tz="UTC")  # a Monday
 DAY = np.array([2, 1, 1, 0, 1, 2, 4, 8, 12, 15, 16, 15, 14, 15, 16, 15, 12, 9, 7, 5, 4, 3, 3, 2],
                dtype=float)  # fmt: skip
@@ -260,21 +255,8 @@ def test_all_in_progress_gives_no_limit() -> None:
 
 
 def test_the_module_runs_where_prefect_cannot_be_imported() -> None:
-    script = textwrap.dedent(
-        f"""
-        import importlib, importlib.abc, importlib.util, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("prefect", "prefect_resilience", "pydantic"):
-                    raise ImportError("blocked: " + name)
-        sys.meta_path.insert(0, Block())
-        spec = importlib.util.spec_from_file_location(
-            "standalone_analytics", {str(ANALYTICS / "__init__.py")!r},
-            submodule_search_locations=[{str(ANALYTICS)!r}],
-        )
-        package = importlib.util.module_from_spec(spec)
-        sys.modules["standalone_analytics"] = package
-        spec.loader.exec_module(package)
+    printed = run_standalone(
+        """
         module = importlib.import_module("standalone_analytics.scaling")
         import numpy as np, pandas as pd
         index = pd.date_range("2024-01-01", periods=72, freq="1h", tz="UTC")
@@ -282,7 +264,4 @@ def test_the_module_runs_where_prefect_cannot_be_imported() -> None:
         print(module.forecast_series(series, 3).values["forecast"].round(6).tolist())
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[0.0, 1.0, 2.0]"
+    assert printed == "[0.0, 1.0, 2.0]"
