@@ -2,74 +2,139 @@
 
 Add `@resilient` to a task, a policy to a flow, and get per-step failure
 policies that run on Prefect's own retries, states and task runs.
+
+The package is lazy: a name is imported from its module on first use, so the
+pure modules (`policy`, `decision`, `health`, `analytics`) load without Prefect.
 """
 
-from prefect_resilience.blocks import ResiliencePolicy
-from prefect_resilience.decision import FailureDecision, decide
-from prefect_resilience.errors import ResilienceConfigError
-from prefect_resilience.flow import (
-    LoopResult,
-    LowHealthDecision,
-    WorkflowTerminated,
-    current_health,
-    resilient_flow,
-    resilient_loop,
-)
-from prefect_resilience.health import StepOutcome, StepStatus, TerminationRule, WorkflowHealth
-from prefect_resilience.policy import (
-    Backoff,
-    FailureAction,
-    FailureImpact,
-    FailurePolicy,
-    StepPolicy,
-    StepRule,
-    WorkflowPolicy,
-    load_policy,
-)
-from prefect_resilience.report import (
-    BusinessImpact,
-    PartialSuccessResult,
-    RunStatus,
-    get_report,
-)
-from prefect_resilience.task import (
-    ResilientFuture,
-    ResilientTask,
-    collect_outcomes,
-    resilient,
-    with_run_details,
-)
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("prefect-resilience")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
+# each public name and the module that defines it
+_EXPORTS: dict[str, str] = {
+    "ResiliencePolicy": "blocks",
+    "FailureDecision": "decision",
+    "decide": "decision",
+    "ResilienceConfigError": "errors",
+    "LoopResult": "flow",
+    "LowHealthDecision": "flow",
+    "WorkflowTerminated": "flow",
+    "current_health": "flow",
+    "resilient_flow": "flow",
+    "resilient_loop": "flow",
+    "StepOutcome": "health",
+    "StepStatus": "health",
+    "TerminationRule": "health",
+    "WorkflowHealth": "health",
+    "Backoff": "policy",
+    "FailureAction": "policy",
+    "FailureImpact": "policy",
+    "FailurePolicy": "policy",
+    "StepPolicy": "policy",
+    "StepRule": "policy",
+    "WorkflowPolicy": "policy",
+    "load_policy": "policy",
+    "BusinessImpact": "report",
+    "PartialSuccessResult": "report",
+    "RunStatus": "report",
+    "get_report": "report",
+    "ResilientFuture": "task",
+    "ResilientTask": "task",
+    "collect_outcomes": "task",
+    "resilient": "task",
+    "with_run_details": "task",
+}
 
 __all__ = [
+    "__version__",
     "Backoff",
     "BusinessImpact",
-    "LoopResult",
-    "LowHealthDecision",
-    "PartialSuccessResult",
-    "RunStatus",
-    "TerminationRule",
-    "WorkflowHealth",
-    "WorkflowTerminated",
-    "current_health",
-    "get_report",
-    "resilient_flow",
-    "resilient_loop",
     "FailureAction",
     "FailureDecision",
     "FailureImpact",
     "FailurePolicy",
+    "LoopResult",
+    "LowHealthDecision",
+    "PartialSuccessResult",
     "ResilienceConfigError",
     "ResiliencePolicy",
     "ResilientFuture",
     "ResilientTask",
+    "RunStatus",
     "StepOutcome",
     "StepPolicy",
     "StepRule",
     "StepStatus",
+    "TerminationRule",
+    "WorkflowHealth",
     "WorkflowPolicy",
+    "WorkflowTerminated",
     "collect_outcomes",
+    "current_health",
     "decide",
+    "get_report",
     "load_policy",
     "resilient",
+    "resilient_flow",
+    "resilient_loop",
     "with_run_details",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prefect_resilience' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"prefect_resilience.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:
+    from prefect_resilience.blocks import ResiliencePolicy
+    from prefect_resilience.decision import FailureDecision, decide
+    from prefect_resilience.errors import ResilienceConfigError
+    from prefect_resilience.flow import (
+        LoopResult,
+        LowHealthDecision,
+        WorkflowTerminated,
+        current_health,
+        resilient_flow,
+        resilient_loop,
+    )
+    from prefect_resilience.health import StepOutcome, StepStatus, TerminationRule, WorkflowHealth
+    from prefect_resilience.policy import (
+        Backoff,
+        FailureAction,
+        FailureImpact,
+        FailurePolicy,
+        StepPolicy,
+        StepRule,
+        WorkflowPolicy,
+        load_policy,
+    )
+    from prefect_resilience.report import (
+        BusinessImpact,
+        PartialSuccessResult,
+        RunStatus,
+        get_report,
+    )
+    from prefect_resilience.task import (
+        ResilientFuture,
+        ResilientTask,
+        collect_outcomes,
+        resilient,
+        with_run_details,
+    )
