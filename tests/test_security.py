@@ -102,7 +102,29 @@ def test_imports_by_name_happen_in_one_reviewed_place() -> None:
         for name, _ in _calls(path)
         if name in ("importlib.import_module", "import_module", "importlib.__import__")
     ]
-    assert found == ["prefect_resilience/task.py:importlib.import_module"]
+    assert found == [
+        "prefect_resilience/__init__.py:importlib.import_module",  # the lazy exports
+        "prefect_resilience/task.py:importlib.import_module",
+    ]
+
+
+def test_the_lazy_package_imports_only_its_own_modules() -> None:
+    """The package `__init__` imports by name only from its literal `_EXPORTS` table."""
+    import prefect_resilience
+
+    tree = ast.parse((ROOT / "prefect_resilience" / "__init__.py").read_text())
+    table = next(
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.AnnAssign | ast.Assign)
+        and "_EXPORTS"
+        in ast.unparse(node.target if isinstance(node, ast.AnnAssign) else node.targets[0])
+    )
+    assert isinstance(table, ast.Dict)
+    assert all(isinstance(value, ast.Constant) for value in table.values)
+    modules = {value.value for value in table.values if isinstance(value, ast.Constant)}
+    assert modules == set(prefect_resilience._EXPORTS.values())
+    assert all((ROOT / "prefect_resilience" / f"{module}.py").exists() for module in modules)
 
 
 def test_loop_conditions_and_retry_filters_are_callables_or_exception_names() -> None:
