@@ -131,7 +131,7 @@ def build_flow(
         settings.setdefault("default", TOLERATED)
         tasks[step.name] = resilient(body, name=step.name, **settings)
 
-    @resilient_flow(policy=policy, name=flow_name, report_wait=5.0)
+    @resilient_flow(policy=policy, name=flow_name)
     def workload_flow(run_key: str, run_index: int) -> None:
         previous: Any = None
         pending = None

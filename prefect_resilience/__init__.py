@@ -46,11 +46,10 @@ _EXPORTS: dict[str, str] = {
     "PartialSuccessResult": "report",
     "RunStatus": "report",
     "get_report": "report",
-    "ResilientFuture": "task",
+    "ResilientFuture": "future",
     "ResilientTask": "task",
-    "collect_outcomes": "task",
+    "collect_outcomes": "scope",
     "resilient": "task",
-    "with_run_details": "task",
 }
 
 __all__ = [
@@ -85,7 +84,6 @@ __all__ = [
     "resilient",
     "resilient_flow",
     "resilient_loop",
-    "with_run_details",
 ]
 
 
@@ -114,6 +112,7 @@ if TYPE_CHECKING:
         resilient_flow,
         resilient_loop,
     )
+    from prefect_resilience.future import ResilientFuture
     from prefect_resilience.health import StepOutcome, StepStatus, TerminationRule, WorkflowHealth
     from prefect_resilience.policy import (
         Backoff,
@@ -131,10 +130,5 @@ if TYPE_CHECKING:
         RunStatus,
         get_report,
     )
-    from prefect_resilience.task import (
-        ResilientFuture,
-        ResilientTask,
-        collect_outcomes,
-        resilient,
-        with_run_details,
-    )
+    from prefect_resilience.scope import collect_outcomes
+    from prefect_resilience.task import ResilientTask, resilient

@@ -76,15 +76,21 @@ def decide(
     error: BaseException | None,
     attempt: int,
     fallbacks_tried: int = 0,
+    *,
+    retries_over: str | None = None,
 ) -> FailureDecision:
     """Decide about the failure of `attempt` (1-based) of a step.
 
     Retries come first; once they are exhausted or refused, the step's failure
     policy decides. Under `graceful_degradation`, `fallbacks_tried` says how
-    many fallbacks have already failed.
+    many fallbacks have already failed. `retries_over` says why no retry is
+    left although the policy would allow one (the task's own retry condition
+    declined it): the policy then decides at once.
     """
     what = describe(error)
-    if attempt <= step.retries:
+    if retries_over is not None:
+        why = f"{what}; {retries_over}"
+    elif attempt <= step.retries:
         refusal = retry_refusal(step, error)
         if refusal is None:
             delays = step.retry_delays()

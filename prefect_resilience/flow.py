@@ -20,12 +20,13 @@ import os
 import statistics
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 from uuid import UUID
 
 import httpx
@@ -38,6 +39,7 @@ from prefect.states import Completed
 
 from prefect_resilience.blocks import load_block_policy
 from prefect_resilience.errors import ResilienceConfigError
+from prefect_resilience.future import ResilientFuture
 from prefect_resilience.health import (
     HealthLedger,
     StepOutcome,
@@ -64,15 +66,8 @@ from prefect_resilience.report import (
     read_journal,
     run_status,
 )
-from prefect_resilience.task import (
-    ResilientFuture,
-    ResilientTask,
-    StepObserver,
-    current_observer,
-    observing,
-    resilient,
-    with_run_details,
-)
+from prefect_resilience.scope import StepObserver, current_observer, observing
+from prefect_resilience.task import ResilientTask, resilient
 
 logger = get_logger("prefect_resilience")
 
@@ -80,7 +75,6 @@ PARTIAL_SUCCESS = "PartialSuccess"
 EVENT_PREFIX = "prefect-resilience"
 
 PolicySource = WorkflowPolicy | str | os.PathLike[str] | None
-JOURNAL_DETAILS_WAIT = 2.0  # seconds a rebuilt report waits for Prefect's record of attempts
 
 
 class WorkflowTerminated(Exception):
@@ -172,7 +166,6 @@ class RunTracker(StepObserver):
         flow_run_id: UUID | None,
         pause_below: float | None = None,
         pause_timeout: int = 3600,
-        report_wait: float = 10.0,
         parent: StepObserver | None = None,
         policy_used: PolicyUsed | None = None,
         journal: StepJournal | None = None,
@@ -180,7 +173,6 @@ class RunTracker(StepObserver):
         self.policy = policy
         self.policy_used = policy_used
         self.journal = journal
-        self.report_wait = report_wait
         self.flow_name = flow_name
         self.flow_run_id = flow_run_id
         self.pause_below = pause_below
@@ -299,10 +291,6 @@ class RunTracker(StepObserver):
             outcomes = list(self.outcomes)
             health = self.ledger.health()
             loops = list(self.loops)
-        try:
-            outcomes = with_run_details(outcomes, timeout=self.report_wait)
-        except Exception as exc:  # the report matters more than attempt counts
-            logger.warning("could not read attempts from Prefect: %s", exc)
         status = status or run_status(outcomes, health)
         report = build_report(
             flow_run_id=self.flow_run_id,
@@ -481,7 +469,6 @@ class _RunSettings:
     policy: PolicySource
     pause_below: float | None
     pause_timeout: int
-    report_wait: float
     fallback_policy: PolicySource = None
 
 
@@ -499,7 +486,6 @@ def _start(settings: _RunSettings, flow_name: str) -> RunTracker:
             WorkflowPolicy(),
             flow_name=flow_name,
             flow_run_id=flow_run_id,
-            report_wait=0,
             parent=current_observer(),
             policy_used=PolicyUsed(source=describe_source(settings.policy)),
         ).finish(RunStatus.FAILED, f"the workflow policy could not be loaded: {exc}")
@@ -510,7 +496,6 @@ def _start(settings: _RunSettings, flow_name: str) -> RunTracker:
         flow_run_id=flow_run_id,
         pause_below=settings.pause_below,
         pause_timeout=settings.pause_timeout,
-        report_wait=settings.report_wait,
         parent=current_observer(),
         policy_used=used,
     )
@@ -591,11 +576,7 @@ def _report_crash(flow: Any, flow_run: Any, state: Any) -> None:
 
 
 def _journal_report(record: JournalRecord, status: RunStatus, message: str) -> PartialSuccessResult:
-    """A report rebuilt from a step journal, with attempts from Prefect where it has them."""
-    try:
-        record.outcomes = with_run_details(record.outcomes, timeout=JOURNAL_DETAILS_WAIT)
-    except Exception as exc:  # the report matters more than attempt counts
-        logger.warning("could not read attempts from Prefect: %s", exc)
+    """A report rebuilt from a step journal, whose steps carry their attempts."""
     return record.report(status, f"{message} (report rebuilt from the step journal)")
 
 
@@ -720,13 +701,45 @@ def _wrap(fn: Callable[..., Any], settings: _RunSettings, flow_name: str) -> Cal
     return run
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _FlowDecorator(Protocol):
+    """What `resilient_flow(...)` with settings returns: it keeps the flow's signature."""
+
+    @overload
+    def __call__(self, fn: Flow[P, R], /) -> Flow[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Flow[P, R]: ...
+
+
+@overload
+def resilient_flow(fn: Flow[P, R], /) -> Flow[P, R]: ...
+@overload
+def resilient_flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
+@overload
 def resilient_flow(
-    __fn: Any = None,
+    fn: None = None,
+    /,
     *,
     policy: PolicySource = None,
     pause_below: float | None = None,
     pause_timeout: int = 3600,
-    report_wait: float = 10.0,
+    report_wait: float | None = None,
+    fallback_policy: PolicySource = None,
+    **flow_options: Any,
+) -> _FlowDecorator: ...
+
+
+def resilient_flow(
+    fn: Any = None,
+    /,
+    *,
+    policy: PolicySource = None,
+    pause_below: float | None = None,
+    pause_timeout: int = 3600,
+    report_wait: float | None = None,
     fallback_policy: PolicySource = None,
     **flow_options: Any,
 ) -> Any:
@@ -738,10 +751,9 @@ def resilient_flow(
     nothing (plain Prefect behaviour); it is read when each run starts, so an
     edited block or file applies to the next run. `pause_below` pauses the run for a
     `LowHealthDecision` when health falls below it; no answer within
-    `pause_timeout` seconds aborts the run. `report_wait` bounds how long the
-    end of a run waits for Prefect to record its task runs (for attempts in
-    the report); Prefect records them from events, which lag under heavy load,
-    and steps still unrecorded then keep `attempts` unknown.
+    `pause_timeout` seconds aborts the run. `report_wait` is deprecated and
+    does nothing: a report's attempts come from the task engine that ran each
+    step, so the end of a run no longer waits for Prefect to record them.
 
     `fallback_policy` (a `WorkflowPolicy`, YAML file or block name) is used,
     with a warning and a note in the report, when `policy` cannot be loaded at
@@ -756,9 +768,14 @@ def resilient_flow(
                 f"expected a WorkflowPolicy, a YAML path or a block name, got {source!r}",
                 field=name,
             )
-    if report_wait < 0:
-        raise ResilienceConfigError("must be >= 0 seconds", field="report_wait")
-    settings = _RunSettings(policy, pause_below, pause_timeout, report_wait, fallback_policy)
+    if report_wait is not None:
+        warnings.warn(
+            "report_wait is deprecated and does nothing: reports no longer wait for"
+            " Prefect to record task runs",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+    settings = _RunSettings(policy, pause_below, pause_timeout, fallback_policy)
 
     def decorate(fn: Any) -> Flow[..., Any]:
         if isinstance(fn, Flow):
@@ -774,7 +791,7 @@ def resilient_flow(
         resilient.resilience_policy = policy  # type: ignore[attr-defined]
         return resilient
 
-    return decorate(__fn) if __fn is not None else decorate
+    return decorate(fn) if fn is not None else decorate
 
 
 # --- loops -------------------------------------------------------------------------------

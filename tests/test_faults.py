@@ -81,7 +81,7 @@ def hang(ready: str) -> None:
     time.sleep(120)
 
 
-@resilient_flow(name="faults-interruptible", report_wait=2)
+@resilient_flow(name="faults-interruptible")
 def interruptible(ready: str) -> None:
     extract()
     transform()
@@ -90,7 +90,7 @@ def interruptible(ready: str) -> None:
     extract()
 
 
-@resilient_flow(name="faults-outage", report_wait=1)
+@resilient_flow(name="faults-outage")
 def outage() -> dict:
     return {"a": fetch("a"), "b": fetch("b", fail=True)}  # b degrades: PartialSuccess
 
@@ -444,7 +444,7 @@ def test_a_dying_dask_worker_fails_its_step_and_the_step_policy_applies(client: 
         cluster_kwargs={"n_workers": 2, "processes": True, "threads_per_worker": 1}
     )
 
-    @resilient_flow(name="faults-dask", task_runner=runner, report_wait=2)
+    @resilient_flow(name="faults-dask", task_runner=runner)
     def on_dask() -> list[str]:
         tolerated = tolerant_step.map([0, 1, 2]).result()
         assert tolerated == ["done 0", "lost", "done 2"]

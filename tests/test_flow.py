@@ -455,20 +455,18 @@ def test_dask_scenario_gives_the_same_report() -> None:
     assert dask.health.health_score == pytest.approx(threads.health.health_score)
 
 
-def test_report_wait_bounds_the_wait_for_prefects_record() -> None:
-    @resilient_flow(report_wait=0)
+def test_reports_know_attempts_without_waiting_and_report_wait_is_deprecated() -> None:
+    @resilient_flow
     def hurried() -> str:
         return fetch("k")
 
-    started_at = time.monotonic()
     state = hurried(return_state=True)
-    report = get_report(run_of(state))
-    (step,) = report.steps
-    # with no wait, the attempt count is unknown unless Prefect had already recorded it
-    assert step.attempts in (None, 1)
-    assert time.monotonic() - started_at < 30
-    with pytest.raises(ResilienceConfigError, match="report_wait"):
-        resilient_flow(report_wait=-1)(lambda: None)
+    (step,) = get_report(run_of(state)).steps
+    # the task engine that ran the step counted its attempts: nothing is read back
+    assert step.attempts == 1
+    assert step.duration is not None and step.duration >= 0
+    with pytest.warns(DeprecationWarning, match="report_wait"):
+        resilient_flow(report_wait=5)(lambda: None)
 
 
 def test_a_renamed_flow_reports_under_its_new_name() -> None:

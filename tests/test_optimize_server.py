@@ -42,7 +42,7 @@ def make_flow(chance: Callable[[], float]) -> Any:
     def store(rows: str) -> str:
         return rows
 
-    @resilient_flow(policy=BLOCK, name=FLOW, report_wait=5.0)
+    @resilient_flow(policy=BLOCK, name=FLOW)
     def optimize_me(key: str) -> str:
         return store(flaky_extract(key))
 
@@ -147,7 +147,7 @@ def test_learned_retries_are_saved_only_from_enough_history(prefect_server: None
             raise ConnectionError("down")
         return "up"
 
-    @resilient_flow(policy=block, name="learn-me", report_wait=5.0)
+    @resilient_flow(policy=block, name="learn-me")
     def learn_me(key: str) -> str:
         return often_down(key)
 

@@ -17,9 +17,8 @@ from prefect_resilience import (
     StepStatus,
     collect_outcomes,
     resilient,
-    with_run_details,
 )
-from prefect_resilience.task import _read_recorded_runs
+from tests.records import recorded_task_runs
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -79,7 +78,7 @@ def double(value: int) -> int:
 
 def read_runs(client: Any, ids: list[UUID]) -> dict[UUID, Any]:
     """Task runs as Prefect recorded them (it records from events, a moment later)."""
-    return _read_recorded_runs([i for i in ids if i.int], timeout=10)
+    return recorded_task_runs(ids)
 
 
 EXPECTED = {
@@ -116,7 +115,7 @@ def test_tolerating_policies_give_their_value_in_every_calling_mode(
     values, outcomes = run()
     assert values == [value] * len(values)
     assert len(outcomes) == len(values)
-    for outcome in with_run_details(outcomes):
+    for outcome in outcomes:
         assert (outcome.status, outcome.action, outcome.fallback_used) == (
             status,
             action,
