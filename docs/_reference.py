@@ -260,7 +260,8 @@ def function_section(fn: Callable[..., Any]) -> list[str]:
     signature = inspect.signature(fn)
     hints = typing.get_type_hints(fn)
     lines = [f"### `{fn.__name__}`", ""]
-    params = [p for p in signature.parameters.values() if not p.name.startswith("__")]
+    # the decorated function itself is positional-only: not an argument a user sets
+    params = [p for p in signature.parameters.values() if p.kind is not p.POSITIONAL_ONLY]
     if params:
         lines += ["| argument | type | default | step setting |", "|---|---|---|---|"]
     for param in params:
