@@ -49,6 +49,12 @@ class ResilientFuture(PrefectWrappedFuture[R, Any]):
         if observer is not None:
             observer.track(self)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Travel (to a Dask worker, in a downstream step's parameters) as the runner's own
+        future of the settled state: nothing to wait for, no lock or call to carry."""
+        plain = next(c for c in type(self).__mro__ if not issubclass(c, ResilientFuture))
+        return (plain, (self.task_run_id, self._wrapped_future))
+
     @property
     def primary(self) -> PrefectFuture[Any]:
         """The future of the step's own task run (Failed when the step failed)."""

@@ -142,3 +142,23 @@ def test_the_engine_hands_attempts_to_hooks_and_their_log_lines_are_hidden(
     # Prefect still logs hooks this way: the user's shows, ours is filtered out
     assert any("Running hook 'mine'" in m for m in messages)
     assert not any(RECORD_ATTEMPTS.__name__ in m for m in messages)
+
+
+def test_a_resilient_future_pickles_as_the_runners_own_future() -> None:
+    """A downstream step's parameters carry the upstream future to a Dask worker."""
+    import pickle
+    import threading
+    from uuid import uuid4
+
+    from prefect_dask.task_runners import PrefectDaskFuture
+
+    from prefect_resilience.future import kind_of
+
+    run_id = uuid4()
+    plain = PrefectDaskFuture(run_id, "the settle job's key")
+    future = kind_of(plain)(run_id, "the settle job's key")
+    future._settling = threading.Lock()  # what _bind gives it: not picklable
+    travelled = pickle.loads(pickle.dumps(future))
+    assert type(travelled) is PrefectDaskFuture
+    assert travelled.task_run_id == run_id
+    assert travelled.wrapped_future == "the settle job's key"
