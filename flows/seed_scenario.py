@@ -22,10 +22,10 @@ import fnmatch
 import os
 import random
 
-from prefect import task, unmapped
+from prefect import get_run_logger, task, unmapped
 from prefect.runtime import task_run
 
-from prefect_resilience import WorkflowPolicy, resilient, resilient_flow
+from prefect_resilience import WorkflowPolicy, register_fallback, resilient, resilient_flow
 
 
 class InjectedFailure(ConnectionError):
@@ -89,6 +89,22 @@ def email_fallback(
 @task
 def queue_notification(user: str) -> str:
     return f"queued a notification for {user}"
+
+
+# The seed's fallback actions (`fallbackActions: [{type: log_notification}, ...]` in
+# blocks/production-resilience.yaml), registered by name: a policy document may name
+# only fallbacks the code made available, never a module to import.
+@register_fallback("log_notification")
+@task
+def log_notification(user: str = "") -> str:
+    get_run_logger().warning("notification for %s not sent; logged instead", user or "a user")
+    return "notification logged"
+
+
+@register_fallback("queue_for_retry")
+@task
+def queue_for_retry(user: str = "") -> str:
+    return f"queued a notification for {user or 'a user'} to retry later"
 
 
 @resilient(

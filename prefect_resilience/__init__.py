@@ -24,6 +24,9 @@ _EXPORTS: dict[str, str] = {
     "FailureDecision": "decision",
     "decide": "decision",
     "ResilienceConfigError": "errors",
+    "UnknownFallbackError": "fallbacks",
+    "allow_fallback_imports": "fallbacks",
+    "register_fallback": "fallbacks",
     "LoopResult": "flow",
     "LowHealthDecision": "flow",
     "WorkflowTerminated": "flow",
@@ -73,14 +76,17 @@ __all__ = [
     "StepRule",
     "StepStatus",
     "TerminationRule",
+    "UnknownFallbackError",
     "WorkflowHealth",
     "WorkflowPolicy",
     "WorkflowTerminated",
+    "allow_fallback_imports",
     "collect_outcomes",
     "current_health",
     "decide",
     "get_report",
     "load_policy",
+    "register_fallback",
     "resilient",
     "resilient_flow",
     "resilient_loop",
@@ -104,6 +110,11 @@ if TYPE_CHECKING:
     from prefect_resilience.blocks import ResiliencePolicy
     from prefect_resilience.decision import FailureDecision, decide
     from prefect_resilience.errors import ResilienceConfigError
+    from prefect_resilience.fallbacks import (
+        UnknownFallbackError,
+        allow_fallback_imports,
+        register_fallback,
+    )
     from prefect_resilience.flow import (
         LoopResult,
         LowHealthDecision,

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from prefect_resilience import fallbacks
 from prefect_resilience.errors import ResilienceConfigError
 from prefect_resilience.policy import WorkflowPolicy, load_policy
 
@@ -83,16 +84,88 @@ def _fail(exc: ResilienceConfigError) -> typer.Exit:
     return typer.Exit(1)
 
 
+FlowOption = Annotated[
+    str | None,
+    typer.Option(
+        "--flow",
+        help="The flow the policy is for, as Prefect's entrypoint: path/to/file.py:flow or"
+        " package.module:flow. Its code is loaded, so the fallbacks it makes available are known.",
+    ),
+]
+
+
+def _load_flow(entrypoint: str) -> Any:
+    """Run the flow's module, as a worker would, so its fallbacks are registered."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    try:
+        return load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
+    except Exception as exc:  # Prefect's own error says what is wrong with the entrypoint
+        errors.print(f"[red]cannot load flow {entrypoint}:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _check_for_flow(source: str | Path) -> WorkflowPolicy:
+    """Load a policy as a run of the flow would, fallbacks checked; exit 1 naming each problem."""
+    from prefect_resilience.flow import load_workflow_policy
+
+    try:
+        return load_workflow_policy(source)
+    except ResilienceConfigError as exc:
+        raise _fail(exc) from None
+
+
+@policy_app.command("check")
+def check_policy(
+    source: Annotated[str, typer.Argument(help="A policy file, or a Resilience Policy block.")],
+    flow: FlowOption = None,
+) -> None:
+    """Check a policy as a run of the flow would load it: fields, and every fallback it names.
+
+    A fallback resolves only to one the flow's code made available; with
+    `--flow`, that code is loaded first. Exit 1 naming the fallback, the file and line.
+    """
+    flow_object = _load_flow(flow) if flow else None
+    policy = _check_for_flow(source)
+    named = sorted({n.name for n in fallbacks.named_in(policy)})
+    target = f" for flow {flow_object.name!r}" if flow_object else ""
+    console.print(
+        f"[green]ok:[/green] {source}{target} ({policy.name or 'unnamed'})", soft_wrap=True
+    )
+    if named:
+        console.print(f"fallbacks named, all available: {', '.join(named)}", soft_wrap=True)
+
+
 @policy_app.command("apply")
 def apply_policies(
     paths: Annotated[list[Path], typer.Argument(help="Policy files or folders (e.g. blocks/).")],
+    flow: FlowOption = None,
 ) -> None:
     """Create or update a Resilience Policy block per file; unchanged ones are left alone.
 
-    Every file is checked first: one bad file changes nothing.
+    Every file is checked first: one bad file changes nothing. With `--flow`,
+    each fallback a file names must be one that flow's code makes available.
     """
     from prefect_resilience import blocks
 
+    try:
+        planned = blocks.plan_apply(paths)
+    except ResilienceConfigError as exc:
+        raise _fail(exc) from None
+    if flow:
+        _load_flow(flow)
+        for _, file, _ in planned:
+            _check_for_flow(file)
+    else:
+        for _, file, policy in planned:
+            named = sorted({n.name for n in fallbacks.named_in(policy)})
+            if named:
+                errors.print(
+                    f"[yellow]note:[/yellow] {file} names fallbacks {', '.join(named)}; a run"
+                    " refuses those its flow's code does not make available: check them with"
+                    f" `prefect-resilience policy check {file} --flow FILE.py:FLOW`",
+                    soft_wrap=True,
+                )
     try:
         blocks.ResiliencePolicy.register_type_and_schema()
         changes = blocks.apply(paths)

@@ -21,7 +21,7 @@ import statistics
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,6 +37,7 @@ from prefect.input import RunInput
 from prefect.logging import get_logger
 from prefect.states import Completed
 
+from prefect_resilience import fallbacks
 from prefect_resilience.blocks import load_block_policy
 from prefect_resilience.errors import ResilienceConfigError
 from prefect_resilience.future import ResilientFuture
@@ -47,7 +48,13 @@ from prefect_resilience.health import (
     TerminationRule,
     WorkflowHealth,
 )
-from prefect_resilience.policy import FailureAction, FailurePolicy, WorkflowPolicy, load_policy
+from prefect_resilience.policy import (
+    FailureAction,
+    FailurePolicy,
+    WorkflowPolicy,
+    load_policy,
+    policy_from_mapping,
+)
 from prefect_resilience.report import (
     JOURNAL_SUFFIX,
     JournalRecord,
@@ -100,14 +107,24 @@ def _is_file(source: str | os.PathLike[str]) -> bool:
 
 
 def load_workflow_policy(source: PolicySource) -> WorkflowPolicy:
-    """The policy for a run: an object, a YAML file, a ResiliencePolicy block name, or defaults."""
+    """The policy for a run: an object, a YAML file, a ResiliencePolicy block name, or defaults.
+
+    A policy naming a fallback the flow's code did not make available is refused
+    here, before any step runs (`UnknownFallbackError`).
+    """
     if source is None:
         return WorkflowPolicy()
+    text = None
     if isinstance(source, WorkflowPolicy):
-        return source
-    if _is_file(source):
-        return load_policy(Path(os.fspath(source)))
-    return load_block_policy(os.fspath(source))
+        policy = source
+    elif _is_file(source):
+        path = Path(os.fspath(source))
+        policy = load_policy(path)
+        text = path.read_text(encoding="utf-8") if any(fallbacks.named_in(policy)) else None
+    else:
+        policy = load_block_policy(os.fspath(source))
+    fallbacks.check_policy(policy, source=describe_source(source), text=text)
+    return policy
 
 
 def describe_source(source: PolicySource) -> str:
@@ -117,6 +134,19 @@ def describe_source(source: PolicySource) -> str:
     if isinstance(source, WorkflowPolicy):
         return f"object {source.name}" if source.name else "object"
     return f"{'file' if _is_file(source) else 'block'} {os.fspath(source)}"
+
+
+def _source(source: PolicySource | Mapping[str, Any], name: str) -> PolicySource:
+    """A policy source as given to `resilient_flow`; a mapping is read as a WorkflowPolicy."""
+    if isinstance(source, Mapping):
+        return policy_from_mapping(source)
+    if source is not None and not isinstance(source, WorkflowPolicy | str | os.PathLike):
+        raise ResilienceConfigError(
+            "expected a WorkflowPolicy, a mapping of its settings, a YAML path or a block"
+            f" name, got {source!r}",
+            field=name,
+        )
+    return source
 
 
 def _policy_for_run(
@@ -723,11 +753,11 @@ def resilient_flow(
     fn: None = None,
     /,
     *,
-    policy: PolicySource = None,
+    policy: PolicySource | Mapping[str, Any] = None,
     pause_below: float | None = None,
     pause_timeout: int = 3600,
     report_wait: float | None = None,
-    fallback_policy: PolicySource = None,
+    fallback_policy: PolicySource | Mapping[str, Any] = None,
     **flow_options: Any,
 ) -> _FlowDecorator: ...
 
@@ -736,21 +766,22 @@ def resilient_flow(
     fn: Any = None,
     /,
     *,
-    policy: PolicySource = None,
+    policy: PolicySource | Mapping[str, Any] = None,
     pause_below: float | None = None,
     pause_timeout: int = 3600,
     report_wait: float | None = None,
-    fallback_policy: PolicySource = None,
+    fallback_policy: PolicySource | Mapping[str, Any] = None,
     **flow_options: Any,
 ) -> Any:
     """Make a flow resilient: a workflow policy, live health, termination, a report.
 
     Stack it over `@flow` or use it alone (it then makes the flow, passing
     `flow_options` such as `name` or `task_runner` to Prefect). `policy` is a
-    `WorkflowPolicy`, a YAML file, the name of a Resilience Policy block, or
-    nothing (plain Prefect behaviour); it is read when each run starts, so an
-    edited block or file applies to the next run. `pause_below` pauses the run for a
-    `LowHealthDecision` when health falls below it; no answer within
+    `WorkflowPolicy` (or a mapping of its settings), a YAML file, the name of a
+    Resilience Policy block, or nothing (plain Prefect behaviour); it is read
+    when each run starts, so an edited block or file applies to the next run.
+    `pause_below` pauses the run for a `LowHealthDecision` when health falls
+    below it; no answer within
     `pause_timeout` seconds aborts the run. `report_wait` is deprecated and
     does nothing: a report's attempts come from the task engine that ran each
     step, so the end of a run no longer waits for Prefect to record them.
@@ -762,12 +793,7 @@ def resilient_flow(
     """
     if pause_below is not None and not 0 <= pause_below <= 1:
         raise ResilienceConfigError("must be between 0 and 1", field="pause_below")
-    for name, source in (("policy", policy), ("fallback_policy", fallback_policy)):
-        if source is not None and not isinstance(source, WorkflowPolicy | str | os.PathLike):
-            raise ResilienceConfigError(
-                f"expected a WorkflowPolicy, a YAML path or a block name, got {source!r}",
-                field=name,
-            )
+    policy, fallback_policy = _source(policy, "policy"), _source(fallback_policy, "fallback_policy")
     if report_wait is not None:
         warnings.warn(
             "report_wait is deprecated and does nothing: reports no longer wait for"

@@ -40,8 +40,9 @@ class StepStatus(StrEnum):
 class StepOutcome(BaseModel):
     """The record of one finished resilient step.
 
-    `attempts` and `duration` come from Prefect's task run (`run_count`,
-    `total_run_time`); they are None until read from the API.
+    `attempts` and `duration` are Prefect's (`run_count`, `total_run_time`), taken
+    from the task engine that ran the step when it finished; None only where no
+    engine reported them (a step that never started).
     """
 
     model_config = ConfigDict(frozen=True)

@@ -35,9 +35,22 @@ from pydantic import (
 )
 
 from prefect_resilience.errors import ResilienceConfigError
+from prefect_resilience.fallbacks import check_name
 
 MAX_RETRY_DELAYS = 50
 """Prefect accepts at most 50 retry delays per task; later attempts reuse the last."""
+
+# Bounds on what a document may ask for: sane maxima, so an edit in the UI cannot make
+# a step retry for ever, sleep for a week between attempts or never time out.
+MAX_RETRIES = 100
+MAX_DELAY_SECONDS = 86_400.0
+"""One day: the longest delay between two attempts."""
+MAX_TIMEOUT_SECONDS = 7 * 86_400.0
+"""One week: the longest timeout of one attempt."""
+MAX_STEP_POLICIES = 1_000
+MAX_NAMES = 100
+"""The most exception names (retry_on, give_up_on) or fallbacks one step policy lists."""
+MAX_NAME_LENGTH = 200
 
 
 class FailurePolicy(StrEnum):
@@ -87,6 +100,8 @@ def parse_duration(value: Any) -> Any:
 
 
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+Delay = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=MAX_DELAY_SECONDS)]
+Name = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
 
 
 def _retries(value: Any) -> int | Literal["auto"]:
@@ -99,6 +114,8 @@ def _retries(value: Any) -> int | Literal["auto"]:
         raise ValueError("Input should be a valid integer, or 'auto'") from None
     if number < 0:
         raise ValueError("Input should be greater than or equal to 0")
+    if number > MAX_RETRIES:
+        raise ValueError(f"Input should be at most {MAX_RETRIES} retries")
     return number
 
 
@@ -115,7 +132,12 @@ Retries = Annotated[
     int | Literal["auto"],
     PlainValidator(_retries),
     WithJsonSchema(
-        {"anyOf": [{"type": "integer", "minimum": 0}, {"const": "auto", "type": "string"}]}
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES},
+                {"const": "auto", "type": "string"},
+            ]
+        }
     ),
 ]
 
@@ -153,10 +175,12 @@ class Backoff(_Model):
     nominal value and never exceeds nominal * (1 + jitter).
     """
 
-    initial: Seconds = Field(1.0, description="Delay before the first retry, in seconds.")
-    factor: float = Field(2.0, ge=1.0, description="Each delay is the previous one times this.")
-    max: Seconds = Field(60.0, description="No delay is longer than this, in seconds.")
-    jitter: float = Field(0.0, ge=0.0, description="Prefect's retry_jitter_factor.")
+    initial: Delay = Field(1.0, description="Delay before the first retry, in seconds.")
+    factor: float = Field(
+        2.0, ge=1.0, le=10.0, description="Each delay is the previous one times this."
+    )
+    max: Delay = Field(60.0, description="No delay is longer than this, in seconds.")
+    jitter: float = Field(0.0, ge=0.0, le=2.0, description="Prefect's retry_jitter_factor.")
 
     @model_validator(mode="after")
     def _cap_not_below_start(self) -> Backoff:
@@ -184,7 +208,7 @@ def _fallback_names(value: Any) -> Any:
             item = item["type"]
         if not isinstance(item, str) or not item:
             raise ValueError(f"a fallback is named by a non-empty string, got {item!r}")
-        names.append(item)
+        names.append(check_name(item))
     return tuple(names)
 
 
@@ -214,18 +238,20 @@ class StepPolicy(_Model):
         " learned_retries.",
     )
     backoff: Backoff | None = Field(None, description="Capped exponential backoff between retries.")
-    retry_delay: Seconds | list[Seconds] | None = Field(
+    retry_delay: Delay | list[Delay] | None = Field(
         None,
         validation_alias=_aliases("retry_delay", "retryDelay"),
         description="Fixed delay(s) between retries: seconds or '5s', '2m'; at most 50.",
     )
-    retry_on: Annotated[tuple[str, ...], BeforeValidator(_names)] = Field(
+    retry_on: Annotated[tuple[Name, ...], BeforeValidator(_names)] = Field(
         (),
+        max_length=MAX_NAMES,
         validation_alias=_aliases("retry_on", "retryOn"),
         description="Only retry these exception names (globs); empty: any.",
     )
-    give_up_on: Annotated[tuple[str, ...], BeforeValidator(_names)] = Field(
+    give_up_on: Annotated[tuple[Name, ...], BeforeValidator(_names)] = Field(
         (),
+        max_length=MAX_NAMES,
         validation_alias=_aliases("give_up_on", "giveUpOn"),
         description="Never retry these exception names (globs).",
     )
@@ -241,6 +267,7 @@ class StepPolicy(_Model):
     )
     fallbacks: Annotated[tuple[str, ...], BeforeValidator(_fallback_names)] = Field(
         (),
+        max_length=MAX_NAMES,
         validation_alias=_aliases("fallbacks", "fallbackActions", "fallback_actions"),
         description="Fallbacks run in order under graceful_degradation (names).",
     )
@@ -248,6 +275,7 @@ class StepPolicy(_Model):
     timeout: Seconds | None = Field(
         None,
         gt=0,
+        le=MAX_TIMEOUT_SECONDS,
         validation_alias=_aliases("timeout", "timeout_seconds", "timeoutSeconds"),
         description="Prefect's timeout for each attempt, in seconds.",
     )
@@ -329,7 +357,9 @@ class StepRule(StepPolicy):
     """
 
     match: str = Field(
-        min_length=1, description="Task name glob, or 'tag:' and a glob to match a task tag."
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        description="Task name glob, or 'tag:' and a glob to match a task tag.",
     )
 
     def matches(self, task_name: str, tags: Iterable[str] = ()) -> bool:
@@ -350,7 +380,7 @@ class LearnedRetry(_Model):
     and `predicted_success` say what the values rest on.
     """
 
-    retries: int = Field(ge=0, description="Retries after the first attempt.")
+    retries: int = Field(ge=0, le=MAX_RETRIES, description="Retries after the first attempt.")
     backoff: Backoff | None = Field(
         None, description="Learned backoff; empty: the declared delays are kept."
     )
@@ -390,7 +420,9 @@ class WorkflowPolicy(_Model):
     Prefect behaviour (a run fails only through a `fail_fast` step).
     """
 
-    name: str | None = Field(None, description="The policy's name, for reports and blocks.")
+    name: str | None = Field(
+        None, max_length=MAX_NAME_LENGTH, description="The policy's name, for reports and blocks."
+    )
     default_failure_policy: FailurePolicy = Field(
         FailurePolicy.FAIL_FAST,
         title="Default failure policy",
@@ -400,6 +432,7 @@ class WorkflowPolicy(_Model):
     max_partial_failures: int | None = Field(
         None,
         ge=0,
+        le=1_000_000,
         validation_alias=_aliases("max_partial_failures", "maxPartialFailures"),
         description="Terminate the run when more steps than this have failed; empty: no limit.",
     )
@@ -419,7 +452,7 @@ class WorkflowPolicy(_Model):
         description="Terminate when critical failures exceed this share of finished steps;"
         " empty: off.",
     )
-    impact_weights: dict[FailureImpact, Annotated[float, Field(ge=0)]] = Field(
+    impact_weights: dict[FailureImpact, Annotated[float, Field(ge=0, le=1_000)]] = Field(
         default_factory=lambda: dict(DEFAULT_IMPACT_WEIGHTS),
         validation_alias=_aliases("impact_weights", "impactWeights"),
         description="Weight of a step in the health score, by its impact.",
@@ -440,6 +473,7 @@ class WorkflowPolicy(_Model):
     )
     step_policies: Annotated[tuple[StepRule, ...], BeforeValidator(_rules)] = Field(
         (),
+        max_length=MAX_STEP_POLICIES,
         validation_alias=_aliases("step_policies", "stepPolicies"),
         description="Step policies matched by task name glob, or 'tag:' and a tag glob;"
         " the first match applies.",
@@ -448,12 +482,14 @@ class WorkflowPolicy(_Model):
     auto_retries_min: int = Field(
         0,
         ge=0,
+        le=MAX_RETRIES,
         validation_alias=_aliases("auto_retries_min", "autoRetriesMin"),
         description="Fewest retries 'auto' may use; learned values below are not used.",
     )
     auto_retries_max: int = Field(
         10,
         ge=0,
+        le=MAX_RETRIES,
         validation_alias=_aliases("auto_retries_max", "autoRetriesMax"),
         description="Most retries 'auto' may use; learned values above are not used.",
     )

@@ -12,7 +12,7 @@ task itself stays as Prefect made it.
 from __future__ import annotations
 
 import asyncio
-import importlib
+import functools
 import inspect
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
@@ -23,10 +23,12 @@ from prefect.states import State
 from prefect.utilities.callables import get_call_parameters
 from pydantic import ValidationError
 
+from prefect_resilience import fallbacks
 from prefect_resilience._prefect import mapped_parameters, method_kind, plain_task, retyped
 from prefect_resilience.attempts import RECORD_ATTEMPTS
 from prefect_resilience.decision import decide
 from prefect_resilience.errors import ResilienceConfigError
+from prefect_resilience.fallbacks import offer
 from prefect_resilience.future import settle_later
 from prefect_resilience.logs import run_logger
 from prefect_resilience.policy import FailureAction, FailurePolicy, StepPolicy, config_error
@@ -97,7 +99,8 @@ def prefect_retry_options(step: StepPolicy) -> dict[str, Any]:
     return options
 
 
-def _as_task(fallback: Any) -> Task[..., Any]:
+def _as_task(fallback: Any, name: str | None = None) -> Task[..., Any]:
+    """A fallback as a task: a task as it is, a callable as a task named `name` or its own."""
     if isinstance(fallback, Task):
         return fallback
     if not callable(fallback):
@@ -105,22 +108,22 @@ def _as_task(fallback: Any) -> Task[..., Any]:
             f"a fallback must be a task or a callable, got {fallback!r}", field="fallbacks"
         )
     try:
-        return Task(fallback, name=getattr(fallback, "__name__", None))
+        return Task(fallback, name=name or getattr(fallback, "__name__", None))
     except (AttributeError, TypeError, ValueError) as exc:
         raise ResilienceConfigError(
             f"cannot make a task of fallback {fallback!r}: {exc}", field="fallbacks"
         ) from None
 
 
-def _import_fallback(name: str) -> Task[..., Any]:
-    """A fallback named 'package.module:function' in a policy document."""
-    module_name, _, attr = name.partition(":")
-    try:
-        return _as_task(getattr(importlib.import_module(module_name), attr))
-    except (ImportError, AttributeError) as exc:
-        raise ResilienceConfigError(
-            f"cannot import fallback {name!r}: {exc}", field="fallbacks"
-        ) from None
+@functools.lru_cache(maxsize=1024)
+def _registered_task(name: str, fallback: Callable[..., Any]) -> Task[..., Any]:
+    """A registered fallback as a task, made once: a callable is named as documents name it."""
+    return _as_task(fallback, name=name)
+
+
+def _fallback_names(fallback: Task[..., Any]) -> set[str]:
+    """The names a fallback task answers to: its task name and its function's name."""
+    return {fallback.name, getattr(fallback.fn, "__name__", fallback.name)}
 
 
 class ResilientTask(Task[P, R], Generic[P, R]):
@@ -158,6 +161,7 @@ class ResilientTask(Task[P, R], Generic[P, R]):
                 field="fallbacks",
             )
         fallback_tasks = tuple(_as_task(f) for f in fallbacks)
+        offer(fallback_tasks, _fallback_names)
         if fallback_tasks and not step.fallbacks:
             step = step.merged({"fallbacks": [t.name for t in fallback_tasks]})
         if len(fallback_tasks) != len(step.fallbacks):
@@ -202,20 +206,16 @@ class ResilientTask(Task[P, R], Generic[P, R]):
         return engine, StepCall(self.name, step, self._fallbacks_for(step), parameters)
 
     def _fallbacks_for(self, step: StepPolicy) -> dict[str, Task[..., Any]]:
-        known = {t.name: t for t in self.fallback_tasks}
-        known.update({getattr(t.fn, "__name__", t.name): t for t in self.fallback_tasks})
+        """The step's fallbacks by name: its own first, then those the code registered."""
+        own = {name: t for t in self.fallback_tasks for name in _fallback_names(t)}
         chosen = {}
         for name in step.fallbacks:
-            if name in known:
-                chosen[name] = known[name]
-            elif ":" in name:
-                chosen[name] = _import_fallback(name)
-            else:
-                raise ResilienceConfigError(
-                    f"fallback {name!r} of step {self.name!r} is neither one of its fallbacks"
-                    f" {sorted(known)} nor an importable 'module:function'",
-                    field="fallbacks",
+            found = own.get(name) or fallbacks.resolve(name)
+            if found is None:
+                raise fallbacks.unknown_fallback_error(
+                    [fallbacks.NamedFallback(name, "fallbacks")], source=f"step {self.name!r}"
                 )
+            chosen[name] = found if found in own.values() else _registered_task(name, found)
         return chosen
 
     def _streams(self) -> bool:

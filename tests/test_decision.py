@@ -9,6 +9,7 @@ from prefect.utilities.math import clamped_poisson_interval
 
 from prefect_resilience import FailureAction, StepPolicy, decide
 from prefect_resilience.decision import exception_names
+from prefect_resilience.policy import MAX_RETRIES
 
 
 class Throttled(ConnectionError):
@@ -88,7 +89,7 @@ backoffs = st.builds(
     factor=st.floats(1, 5),
     extra=st.floats(0, 300),
     jitter=st.floats(0, 2),
-    retries=st.integers(0, 200),
+    retries=st.integers(0, MAX_RETRIES),  # more is refused (test_policy_errors)
 )
 
 
