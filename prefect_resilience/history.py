@@ -207,7 +207,7 @@ def report_record(data: Any) -> dict[str, Any]:
         "overall_status": data.get("overall_status"),
         "health_score": health.get("health_score"),
         "stopped_by": health.get("stopped_by"),
-        "working": impact.get("critical_functions", []),
+        "working": impact.get("working_functions", impact.get("critical_functions", [])),
         "degraded": impact.get("degraded_functions", []),
         "unavailable": impact.get("unavailable_functions", []),
         "tolerated": impact.get("tolerated_functions", []),

@@ -584,6 +584,17 @@ class PolicyDocument(_Model):
         return WorkflowPolicy.model_validate({**self.spec.explicit(), "name": self.metadata.name})
 
 
+class SpecDocument(_Model):
+    """A WorkflowResilienceConfig's `spec` (and `metadata`) without `apiVersion` and `kind`."""
+
+    metadata: PolicyMetadata | None = None
+    spec: PolicySpec
+
+    def to_policy(self) -> WorkflowPolicy:
+        name = self.metadata.name if self.metadata is not None else None
+        return WorkflowPolicy.model_validate({**self.spec.explicit(), "name": name})
+
+
 class StepAnnotation(_Model):
     """One step of the seed's workflow definition, with its `resilience:` block."""
 
@@ -646,6 +657,9 @@ def policy_from_mapping(data: Any, *, path: str | None = None, lines: Any = None
     try:
         if "kind" in data or "apiVersion" in data or "api_version" in data:
             return PolicyDocument.model_validate(data).to_policy()
+        if "spec" in data and set(data) <= {"spec", "metadata"}:
+            # the document's body without its header, as people write it
+            return SpecDocument.model_validate(data).to_policy()
         if "steps" in data:
             return StepsDocument.model_validate(data).to_policy()
         return WorkflowPolicy.model_validate(data)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from prefect_resilience.health import HealthLedger, StepOutcome, StepStatus, WorkflowHealth
 from prefect_resilience.policy import FailureAction, WorkflowPolicy
@@ -53,16 +53,24 @@ class ContinuityStatus(StrEnum):
 class BusinessImpact(BaseModel):
     """Functions (task names) by what their runs delivered.
 
-    `critical_functions` are the functions still working (the originating
-    design's name). A function with several runs takes its worst: unavailable
-    over degraded over tolerated over working.
+    `working_functions` are the functions still working; the originating
+    design called them `critical_functions`, which is accepted when read and
+    kept as a read-only alias. A function with several runs takes its worst:
+    unavailable over degraded over tolerated over working.
     """
 
-    critical_functions: list[str] = []
+    working_functions: list[str] = Field(
+        default=[], validation_alias=AliasChoices("working_functions", "critical_functions")
+    )
     degraded_functions: list[str] = []
     unavailable_functions: list[str] = []
     tolerated_functions: list[str] = []
     overall_health_score: float = 1.0
+
+    @property
+    def critical_functions(self) -> list[str]:
+        """The originating design's name for `working_functions`."""
+        return self.working_functions
 
 
 class StepFailure(BaseModel):
@@ -140,7 +148,7 @@ def business_impact(outcomes: list[StepOutcome], health: WorkflowHealth) -> Busi
     for name, state in worst.items():
         by_state[state].append(name)
     return BusinessImpact(
-        critical_functions=sorted(by_state["working"]),
+        working_functions=sorted(by_state["working"]),
         degraded_functions=sorted(by_state["degraded"]),
         unavailable_functions=sorted(by_state["unavailable"]),
         tolerated_functions=sorted(by_state["tolerated"]),
@@ -251,7 +259,7 @@ def to_markdown(report: PartialSuccessResult) -> str:
         ]
     lines += ["", "## Business impact", ""]
     for label, names in (
-        ("Working", impact.critical_functions),
+        ("Working", impact.working_functions),
         ("Degraded", impact.degraded_functions),
         ("Unavailable", impact.unavailable_functions),
         ("Failed, tolerated", impact.tolerated_functions),

@@ -166,7 +166,8 @@ def test_partial_success_policy_makes_the_function_unavailable() -> None:
         flow_run_id=None, flow_name="f", outcomes=outcomes, health=health, status=status
     )
     assert status is RunStatus.PARTIAL_SUCCESS
-    assert report.business_impact.critical_functions == ["a"]
+    assert report.business_impact.working_functions == ["a"]
+    assert report.business_impact.critical_functions == ["a"]  # the seed's name
     assert report.business_impact.unavailable_functions == ["b"]
     assert report.business_impact.tolerated_functions == ["c"]
     markdown = to_markdown(report)
@@ -186,4 +187,4 @@ def test_a_function_takes_its_worst_run() -> None:
         status=RunStatus.PARTIAL_SUCCESS,
     )
     assert report.business_impact.degraded_functions == ["m"]
-    assert report.business_impact.critical_functions == []
+    assert report.business_impact.working_functions == []

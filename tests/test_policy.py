@@ -11,6 +11,7 @@ from prefect_resilience import (
     Backoff,
     FailureImpact,
     FailurePolicy,
+    ResilienceConfigError,
     StepPolicy,
     WorkflowPolicy,
     load_policy,
@@ -154,3 +155,19 @@ def test_load_policy_accepts_a_path_object_text_and_mapping(tmp_path: Path) -> N
     assert load_policy(str(file)).default_failure_policy is FailurePolicy.CONTINUE
     assert load_policy({"defaultFailurePolicy": "continue"}).default_failure_policy == "continue"
     assert load_policy("defaultFailurePolicy: continue").default_failure_policy == "continue"
+
+
+def test_a_spec_without_its_header_reads_as_the_document_would() -> None:
+    policy = load_policy(
+        "metadata:\n  name: prod\nspec:\n  maxPartialFailures: 2\n"
+        "  stepPolicies:\n    db:\n      maxRetries: 3\n"
+    )
+    assert policy.name == "prod" and policy.max_partial_failures == 2
+    assert policy.step_policies[0].retries == 3
+    assert load_policy("spec:\n  criticalStepRatio: 0.8\n").critical_step_ratio == 0.8
+
+
+def test_a_bad_setting_in_a_headerless_spec_names_its_line() -> None:
+    with pytest.raises(ResilienceConfigError) as caught:
+        load_policy("spec:\n  stepPolicies:\n    db:\n      maxRetries: -1\n")
+    assert caught.value.line == 4 and "spec.stepPolicies.db.maxRetries" in str(caught.value)
