@@ -408,7 +408,7 @@ def _loops(reports: pd.DataFrame | None) -> list[TargetResult]:
     """BR-WF-556 from the loop records of the reports, where history carries them."""
     records: list[dict[str, Any]] = []
     carried = reports is not None and "loops" in reports.columns
-    if carried:
+    if reports is not None and carried:
         for cell in reports["loops"]:
             if isinstance(cell, list | tuple):
                 records.extend(r for r in cell if isinstance(r, dict))

@@ -90,7 +90,7 @@ def decide(
     what = describe(error)
     if retries_over is not None:
         why = f"{what}; {retries_over}"
-    elif attempt <= step.retries:
+    elif attempt <= step.retry_count:
         refusal = retry_refusal(step, error)
         if refusal is None:
             delays = step.retry_delays()

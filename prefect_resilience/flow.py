@@ -271,7 +271,7 @@ class RunTracker(StepObserver):
                 self._pause_due = True
             elif score >= self.pause_below:
                 self._paused_for_dip = False
-        threshold = self.policy.health_alert_below
+        threshold = self.policy.health_alert_below if self.policy is not None else 0.0
         if score < threshold and not self._below_alert:
             self._below_alert = True
             return threshold

@@ -189,7 +189,7 @@ def _lost(task_run_id: Any, error: BaseException | None) -> State[Any]:
     Nothing ran the task engine's ending, so Prefect would show the task run
     Running for ever; the step's policy then judges it like any failure.
     """
-    crashed = Crashed(
+    crashed: State[Any] = Crashed(
         message=f"the task runner lost this task run: {type(error).__name__}: {error}",
         data=error,
     )

@@ -157,7 +157,8 @@ class _Model(BaseModel):
             return data
         for name, field in cls.model_fields.items():
             alias = field.validation_alias
-            names = [c for c in alias.choices if isinstance(c, str)] if alias else [name]
+            choices = alias.choices if isinstance(alias, AliasChoices) else [alias or name]
+            names = [c for c in choices if isinstance(c, str)]
             given = [n for n in names if n in data]
             if len(given) > 1:
                 raise ValueError(f"{' and '.join(given)} name the same setting; give one")
@@ -326,7 +327,7 @@ class StepPolicy(_Model):
         Prefect schedules a retry with (a denormal float would make its
         jitter NaN).
         """
-        count = min(self.retries, MAX_RETRY_DELAYS)
+        count = min(self.retry_count, MAX_RETRY_DELAYS)
         if self.backoff is not None:
             delays, delay = [], self.backoff.initial
             for _ in range(count):
@@ -337,6 +338,16 @@ class StepPolicy(_Model):
         else:
             delays = [float(self.retry_delay or 0.0)] * count
         return [math.floor(d * 1_000_000) / 1_000_000 for d in delays]
+
+    @property
+    def retry_count(self) -> int:
+        """The retries as a number; 'auto' has none until a workflow policy resolves it."""
+        if self.retries == "auto":
+            raise ValueError(
+                "retries='auto' has no number until a workflow policy resolves it"
+                " from its learned_retries (WorkflowPolicy.policy_for)"
+            )
+        return self.retries
 
     @property
     def jitter(self) -> float:

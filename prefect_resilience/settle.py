@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextvars
 import inspect
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from prefect import Task
 from prefect.results import ResultRecord, get_result_store
@@ -154,7 +154,7 @@ class StepCall:
             )
         # a result record, as Prefect's engine makes: a bare None would read as a missing result
         record = get_result_store().create_result_record(self.step.default)
-        tolerated = Completed(data=record, name=TOLERATED, message=decision.reason)
+        tolerated: State[Any] = Completed(data=record, name=TOLERATED, message=decision.reason)
         tolerated.state_details.task_run_id = primary.state_details.task_run_id
         tolerated.state_details.flow_run_id = primary.state_details.flow_run_id
         return tolerated, self._outcome(
@@ -167,8 +167,8 @@ class StepCall:
         """The policy's decision once Prefect has stopped retrying."""
         step = self.step
         refused = retry_refusal(step, error)
-        if refused or facts is None or facts.attempts > step.retries:
-            attempt = 1 if refused else step.retries + 1
+        if refused or facts is None or facts.attempts > step.retry_count:
+            attempt = 1 if refused else step.retry_count + 1
             return decide(step, error, attempt=attempt, fallbacks_tried=fallbacks_tried)
         # retries were left and the policy allowed them: the task's own condition declined
         return decide(
@@ -186,7 +186,7 @@ class StepCall:
             if inspect.isawaitable(state):
                 from prefect.utilities.asyncutils import run_coro_as_sync
 
-                state = run_coro_as_sync(state)
+                state = run_coro_as_sync(cast(Coroutine[Any, Any, State[Any]], state))
         except Exception as exc:  # a fallback that cannot even start has failed
             return Failed(data=exc, message=f"fallback {fallback.name} could not run: {exc!r}")
         return state

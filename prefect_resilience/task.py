@@ -15,7 +15,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from prefect import Task
 from prefect.futures import PrefectFutureList
@@ -184,7 +184,7 @@ class ResilientTask(Task[P, R], Generic[P, R]):
 
     # --- the run's copy ---------------------------------------------------------------
 
-    def _start(self, parameters: Callable[[], dict[str, Any]]) -> tuple[Task[P, R], StepCall]:
+    def _start(self, parameters: Callable[[], dict[str, Any]]) -> tuple[Task[..., Any], StepCall]:
         """Let the scope refuse a new step, then the task copy and the call for this run."""
         observer = _observer.get()
         if observer is not None:
@@ -208,14 +208,17 @@ class ResilientTask(Task[P, R], Generic[P, R]):
     def _fallbacks_for(self, step: StepPolicy) -> dict[str, Task[..., Any]]:
         """The step's fallbacks by name: its own first, then those the code registered."""
         own = {name: t for t in self.fallback_tasks for name in _fallback_names(t)}
-        chosen = {}
+        chosen: dict[str, Task[..., Any]] = {}
         for name in step.fallbacks:
-            found = own.get(name) or fallbacks.resolve(name)
+            if name in own:
+                chosen[name] = own[name]
+                continue
+            found = fallbacks.resolve(name)
             if found is None:
                 raise fallbacks.unknown_fallback_error(
                     [fallbacks.NamedFallback(name, "fallbacks")], source=f"step {self.name!r}"
                 )
-            chosen[name] = found if found in own.values() else _registered_task(name, found)
+            chosen[name] = _registered_task(name, found)
         return chosen
 
     def _streams(self) -> bool:
@@ -223,60 +226,64 @@ class ResilientTask(Task[P, R], Generic[P, R]):
 
     # --- running ----------------------------------------------------------------------
 
-    def __call__(  # type: ignore[override]
-        self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
-    ) -> Any:
-        engine, call = self._start(lambda: get_call_parameters(self.fn, args, kwargs))
-        if self._streams():  # a stream cannot be judged mid-way: Prefect's as it is
-            return Task.__call__(
-                engine, *args, return_state=return_state, wait_for=wait_for, **kwargs
-            )
-        primary = Task.__call__(engine, *args, return_state=True, wait_for=wait_for, **kwargs)
-        if inspect.isawaitable(primary):
-            return _settled_async(call, primary, return_state)
-        state, _ = call.settle(primary)
-        return state if return_state else value_of(state)
+    # Hidden from type checkers: Prefect's typed overloads of these are what a
+    # caller sees, so a ResilientTask types exactly as the Task it wraps.
+    if not TYPE_CHECKING:
 
-    def submit(  # type: ignore[override]
-        self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
-    ) -> Any:
-        engine, call = self._start(lambda: get_call_parameters(self.fn, args, kwargs))
-        primary = Task.submit(engine, *args, wait_for=wait_for, **kwargs)
-        future = primary if self._streams() else settle_later(primary, call)
-        if return_state:
-            future.wait()
-            return future.state
-        return future
+        def __call__(
+            self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
+        ) -> Any:
+            engine, call = self._start(lambda: get_call_parameters(self.fn, args, kwargs))
+            if self._streams():  # a stream cannot be judged mid-way: Prefect's as it is
+                return Task.__call__(
+                    engine, *args, return_state=return_state, wait_for=wait_for, **kwargs
+                )
+            primary = Task.__call__(engine, *args, return_state=True, wait_for=wait_for, **kwargs)
+            if inspect.isawaitable(primary):
+                return _settled_async(call, primary, return_state)
+            state, _ = call.settle(primary)
+            return state if return_state else value_of(state)
 
-    def map(  # type: ignore[override]
-        self,
-        *args: Any,
-        return_state: bool = False,
-        wait_for: Any = None,
-        deferred: bool = False,
-        **kwargs: Any,
-    ) -> Any:
-        given = get_call_parameters(self.fn, args, kwargs, apply_defaults=False)
-        engine, call = self._start(lambda: given)
-        primaries = Task.map(
-            engine, *args, return_state=False, wait_for=wait_for, deferred=deferred, **kwargs
-        )
-        if deferred or self._streams():  # Prefect's distributed futures, as they are
-            futures = primaries
-        else:
-            futures = PrefectFutureList(
-                settle_later(primary, call.for_item(_MappedParameters(self.fn, given, i)))
-                for i, primary in enumerate(primaries)
-            )
-        if return_state:
-            states = []
-            for future in futures:
+        def submit(
+            self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
+        ) -> Any:
+            engine, call = self._start(lambda: get_call_parameters(self.fn, args, kwargs))
+            primary = Task.submit(engine, *args, wait_for=wait_for, **kwargs)
+            future = primary if self._streams() else settle_later(primary, call)
+            if return_state:
                 future.wait()
-                states.append(future.state)
-            return states
-        return futures
+                return future.state
+            return future
 
-    def with_options(self, **options: Any) -> ResilientTask[P, R]:  # type: ignore[override]
+        def map(
+            self,
+            *args: Any,
+            return_state: bool = False,
+            wait_for: Any = None,
+            deferred: bool = False,
+            **kwargs: Any,
+        ) -> Any:
+            given = get_call_parameters(self.fn, args, kwargs, apply_defaults=False)
+            engine, call = self._start(lambda: given)
+            primaries = Task.map(
+                engine, *args, return_state=False, wait_for=wait_for, deferred=deferred, **kwargs
+            )
+            if deferred or self._streams():  # Prefect's distributed futures, as they are
+                futures = primaries
+            else:
+                futures = PrefectFutureList(
+                    settle_later(primary, call.for_item(_MappedParameters(self.fn, given, i)))
+                    for i, primary in enumerate(primaries)
+                )
+            if return_state:
+                states = []
+                for future in futures:
+                    future.wait()
+                    states.append(future.state)
+                return states
+            return futures
+
+    def with_options(self, **options: Any) -> ResilientTask[P, R]:
         """Change Prefect options (validated by Prefect), resilience settings, or both.
 
         Prefect's retry options win over the step's own: `retries` also sets

@@ -164,7 +164,7 @@ def propose(
             " before any change can be predicted",
         )
     error, noise = backtest_error(task_runs, flow_runs, reports, policy, runs=runs, seed=seed)
-    floor = max(0.0, error - noise) if error is not None else 0.0
+    floor = max(0.0, error - noise) if error is not None and noise is not None else 0.0
     rejected = list(model.skipped)
     changes = [
         *_policy_changes(model, rejected),
@@ -231,7 +231,7 @@ def _policy_changes(model: WorkflowModel, rejected: list[str]) -> Iterable[_Chan
             )
         else:
             retries = _retries_wanted(step)
-            if retries > now.retries:
+            if retries > now.retry_count:
                 extrapolated = retries + 1 > len(step.reached)
                 fail_fast = now.policy is FailurePolicy.FAIL_FAST
                 yield _Change(
@@ -281,7 +281,7 @@ def _policy_changes(model: WorkflowModel, rejected: list[str]) -> Iterable[_Chan
 
 def _retries_wanted(step: StepModel) -> int:
     """The fewest retries that get 90% of what up to MAX_RETRIES could recover."""
-    now = step.step.retries
+    now = step.step.retry_count
     best = step.failure_rate(MAX_RETRIES)
     reachable = step.failure_rate(now) - best
     if reachable <= 0:
@@ -326,7 +326,7 @@ def _backoffs(
             rejected.append(f"backoff_tuning {step.name}: {fitted.delay.reason}")
             continue
         now = step.step.retry_delays()
-        budget = (step.step.retries + 1) * step.attempt_s + sum(now) + BACKOFF_EXTRA_S
+        budget = (step.step.retry_count + 1) * step.attempt_s + sum(now) + BACKOFF_EXTRA_S
         choice = choose_retries(fitted, step.attempt_s, budget, bounds=(0, MAX_RETRIES))
         learned = choice.learned
         if learned is None or learned.backoff is None:
@@ -582,7 +582,7 @@ def _with_success(model: WorkflowModel, change: _Change, success: float) -> Work
     (the retry model's prediction under the learned backoff).
     """
     step = model.step(change.step)
-    tries = step.step.retries + 1
+    tries = step.step.retry_count + 1
     first = step.hazard(1)
     left = (1 - success) / (1 - first) if first < 1 else 0.0
     later = 1 - min(max(left, 0.0), 1.0) ** (1 / max(tries - 1, 1)) if tries > 1 else 0.0

@@ -78,7 +78,7 @@ class StepModel:
 
     def failure_rate(self, retries: int | None = None) -> float:
         """Chance that the step fails for good with `retries` (default: its own)."""
-        attempts = (self.step.retries if retries is None else retries) + 1
+        attempts = (self.step.retry_count if retries is None else retries) + 1
         return float(np.prod([1 - self.hazard(k) for k in range(1, attempts + 1)]))
 
     @property
@@ -246,7 +246,7 @@ def simulate(
     instances: list[StepModel] = []
     for step in model.steps:
         delays = np.asarray(step.step.retry_delays() or [0.0], dtype=float)
-        tries = step.step.retries + 1
+        tries = step.step.retry_count + 1
         hazard = np.array([step.hazard(k) for k in range(1, tries + 1)])
         for _ in range(step.per_run):
             draws = rng.random((runs, max(tries, 1)))

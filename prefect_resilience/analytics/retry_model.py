@@ -57,7 +57,7 @@ recommendation and says why; no number is made up.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -711,7 +711,9 @@ def _declared_delays(declared: Any, retries: int) -> list[float]:
     if isinstance(declared, int | float) and not isinstance(declared, bool):
         return [float(declared)] * retries
     if isinstance(declared, Mapping) or hasattr(declared, "initial"):
-        get = declared.get if isinstance(declared, Mapping) else lambda k: getattr(declared, k)
+        get: Callable[[str], Any] = (
+            declared.get if isinstance(declared, Mapping) else lambda k: getattr(declared, k)
+        )
         return backoff_delays(
             float(get("initial")), float(get("factor")), float(get("max")), retries
         )
@@ -864,6 +866,7 @@ def choose_retries(
     for initial, factor, maximum in options:
         for r in range(low, max_retries + 1):
             if elapsed_view:
+                assert model.recovery is not None  # the elapsed view reads its curve
                 delays = backoff_delays(initial, factor, maximum, r)
                 success, expected, worst = _elapsed_schedule(h1, model.recovery, delays, a)
             else:
@@ -889,6 +892,7 @@ def choose_retries(
     reached, succeeded = table["reached"].to_numpy(), table["succeeded"].to_numpy()
     draws = _draws(succeeded.astype(float), reached.astype(float), rng)
     if elapsed_view:
+        assert model.recovery is not None  # the elapsed view reads its curve
         delays = backoff_delays(pick["initial"], pick["factor"], pick["max"], r)
         sample = [
             _elapsed_schedule(draws[b, 0], model.recovery, delays, a, b)[0]
