@@ -10,7 +10,6 @@ earlier version again, as a new version: nothing is lost.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import difflib
 import json
@@ -202,85 +201,23 @@ def history(name: str) -> list[PolicyVersion]:
 
 
 def save_policy(name: str, policy: WorkflowPolicy, note: str = "saved") -> PolicyVersion:
-    """Save a policy block (create or overwrite) and record the saved policy as a version.
-
-    Saves of one policy hold a Prefect global concurrency limit of one slot
-    (`version_lock`), so two saves at the same moment get consecutive, distinct
-    version numbers; numbering reads only the latest version.
-    """
+    """Save a policy block (create or overwrite) and record the saved policy as a version."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import ArtifactCreate
-    from prefect.concurrency.sync import concurrency
 
     document = policy_document(policy)
-    with concurrency(version_lock(name), occupy=1, strict=True, timeout_seconds=60):
-        ResiliencePolicy.from_policy(policy).save(name, overwrite=True)
-        latest = _latest(name)
-        number = (latest.number if latest is not None else 0) + 1
-        with get_client(sync_client=True) as client:
-            artifact = client.create_artifact(
-                ArtifactCreate(
-                    key=version_key(name),
-                    type=VERSION_TYPE,
-                    data={"block": name, "version": number, "note": note, "policy": document},
-                    description=f"Resilience Policy `{name}` version {number}: {note}",
-                )
-            )
-    return PolicyVersion(number, artifact.created, note, document)
-
-
-def version_lock(name: str) -> str:
-    """The global concurrency limit (one slot) that serialises saves of policy `name`."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectAlreadyExists
-
-    lock = version_key(name)
-    # ObjectAlreadyExists: made by a save at the same moment
-    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-        client.upsert_global_concurrency_limit_by_name(lock, limit=1)
-    return lock
-
-
-def _read_versions(name: str, offset: int = 0, limit: int = 1) -> list[Any]:
-    """Versions newest first (Prefect sorts artifacts newest first only)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
+    ResiliencePolicy.from_policy(policy).save(name, overwrite=True)
+    number = len(history(name)) + 1
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[version_key(name)])),
-            sort=ArtifactSort.CREATED_DESC,
-            offset=offset,
-            limit=limit,
+        artifact = client.create_artifact(
+            ArtifactCreate(
+                key=version_key(name),
+                type=VERSION_TYPE,
+                data={"block": name, "version": number, "note": note, "policy": document},
+                description=f"Resilience Policy `{name}` version {number}: {note}",
+            )
         )
-
-
-def _as_version(artifact: Any, number: int) -> PolicyVersion:
-    data = artifact.data or {}
-    return PolicyVersion(number, artifact.created, data.get("note", ""), data.get("policy", {}))
-
-
-def _latest(name: str) -> PolicyVersion | None:
-    """The newest version, read alone; its number is the one it was saved with."""
-    newest = _read_versions(name)
-    if not newest:
-        return None
-    stored = (newest[0].data or {}).get("version")
-    return _as_version(newest[0], stored if isinstance(stored, int) else len(history(name)))
-
-
-def read_version(name: str, number: int) -> PolicyVersion:
-    """Version `number` of a policy, read alone (not the whole history)."""
-    latest = _latest(name)
-    newest = latest.number if latest is not None else 0
-    found = _read_versions(name, offset=newest - number) if 1 <= number <= newest else []
-    if not found:
-        raise ResilienceConfigError(
-            f"policy {name!r} has versions 1..{newest}, not {number}",
-            field="version",
-        )
-    return _as_version(found[0], number)
+    return PolicyVersion(number, artifact.created, note, document)
 
 
 def current_document(name: str) -> dict[str, Any] | None:
@@ -296,8 +233,8 @@ def current_document(name: str) -> dict[str, Any] | None:
 def record_ui_edit(name: str) -> PolicyVersion | None:
     """Record the block's content as a version if it was changed outside this package."""
     document = current_document(name)
-    latest = _latest(name)
-    if document is None or (latest is not None and latest.document == document):
+    versions = history(name)
+    if document is None or (versions and versions[-1].document == document):
         return None
     return save_policy(name, WorkflowPolicy.model_validate(document), note="edited outside")
 
@@ -305,19 +242,19 @@ def record_ui_edit(name: str) -> PolicyVersion | None:
 def rollback(name: str, to: int | None = None) -> PolicyVersion:
     """Save version `to` (default: the one before the latest) again, as a new version."""
     record_ui_edit(name)
-    if to is None:
-        latest = _latest(name)
-        if latest is None or latest.number < 2:
-            raise ResilienceConfigError(f"policy {name!r} has no earlier version", field="version")
-        to = latest.number - 1
-    target = read_version(name, to)
+    versions = history(name)
+    if len(versions) < 2 and to is None:
+        raise ResilienceConfigError(f"policy {name!r} has no earlier version", field="version")
+    target_number = to if to is not None else versions[-2].number
+    target = _version(versions, name, target_number)
     policy = WorkflowPolicy.model_validate(target.document)
     return save_policy(name, policy, note=f"rollback to version {target.number}")
 
 
 def diff(name: str, a: int, b: int) -> str:
     """A unified diff between two versions of a policy, as YAML."""
-    left, right = read_version(name, a), read_version(name, b)
+    versions = history(name)
+    left, right = _version(versions, name, a), _version(versions, name, b)
     return "".join(
         difflib.unified_diff(
             _yaml(left.document).splitlines(keepends=True),
@@ -326,6 +263,14 @@ def diff(name: str, a: int, b: int) -> str:
             tofile=f"{name} v{b}",
         )
     )
+
+
+def _version(versions: list[PolicyVersion], name: str, number: int) -> PolicyVersion:
+    if not 1 <= number <= len(versions):
+        raise ResilienceConfigError(
+            f"policy {name!r} has versions 1..{len(versions)}, not {number}", field="version"
+        )
+    return versions[number - 1]
 
 
 def _yaml(document: dict[str, Any]) -> str:

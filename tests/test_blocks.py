@@ -267,32 +267,3 @@ def test_a_misspelt_setting_in_a_block_document_is_named(request: pytest.Fixture
         )
     with pytest.raises(ResilienceConfigError, match="maxPartialFailure"):
         policy_blocks.load_block_policy(name)
-
-
-@pytest.mark.usefixtures("registered")
-def test_saves_at_the_same_moment_get_distinct_versions(request: pytest.FixtureRequest) -> None:
-    import threading
-
-    name = unique("race", request)
-    start = threading.Barrier(4)
-    numbers: list[int] = []
-
-    def save(i: int) -> None:
-        start.wait()
-        numbers.append(
-            policy_blocks.save_policy(name, WorkflowPolicy(max_partial_failures=i)).number
-        )
-
-    threads = [threading.Thread(target=save, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(numbers) == [1, 2, 3, 4]
-    history = policy_blocks.history(name)
-    assert [v.number for v in history] == [1, 2, 3, 4]
-    # each version is read alone and is the one saved under its number
-    for version in history:
-        assert policy_blocks.read_version(name, version.number).document == version.document
-    with pytest.raises(ResilienceConfigError, match=r"has versions 1\.\.4, not 5"):
-        policy_blocks.read_version(name, 5)
