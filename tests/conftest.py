@@ -26,3 +26,14 @@ def client(prefect_server: None) -> Iterator[object]:
 
     with get_client(sync_client=True) as c:
         yield c
+
+
+@pytest.fixture
+def clean_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No registered or offered fallbacks and no allowed imports, for one test (and after)."""
+    from prefect_resilience import fallbacks
+
+    monkeypatch.setattr(fallbacks, "_registered", {})
+    monkeypatch.setattr(fallbacks, "_offered", {})
+    monkeypatch.setattr(fallbacks, "_allowed_in_code", [])
+    monkeypatch.delenv(fallbacks.IMPORTS_SETTING, raising=False)

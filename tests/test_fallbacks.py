@@ -29,14 +29,8 @@ from prefect_resilience.fallbacks import (
 )
 from prefect_resilience.policy import load_policy
 
-
-@pytest.fixture(autouse=True)
-def clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test starts with no registered names and no allowed imports (and leaves none)."""
-    monkeypatch.setattr(fallbacks, "_registered", {})
-    monkeypatch.setattr(fallbacks, "_offered", {})
-    monkeypatch.setattr(fallbacks, "_allowed_in_code", [])
-    monkeypatch.delenv(IMPORTS_SETTING, raising=False)
+# each test starts with no registered names and no allowed imports (and leaves none)
+pytestmark = pytest.mark.usefixtures("clean_fallbacks")
 
 
 @pytest.fixture

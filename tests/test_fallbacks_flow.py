@@ -10,21 +10,13 @@ import pytest
 from prefect.client.orchestration import get_client
 from typer.testing import CliRunner
 
-from prefect_resilience import fallbacks, get_report, resilient, resilient_flow
+from prefect_resilience import get_report, resilient, resilient_flow
 from prefect_resilience.cli import app
-from prefect_resilience.fallbacks import IMPORTS_SETTING, register_fallback
+from prefect_resilience.fallbacks import register_fallback
 from prefect_resilience.policy import WorkflowPolicy
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = pytest.mark.usefixtures("prefect_server", "clean_fallbacks")
 runner = CliRunner(env={"COLUMNS": "200"})
-
-
-@pytest.fixture(autouse=True)
-def clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fallbacks, "_registered", {})
-    monkeypatch.setattr(fallbacks, "_offered", {})
-    monkeypatch.setattr(fallbacks, "_allowed_in_code", [])
-    monkeypatch.delenv(IMPORTS_SETTING, raising=False)
 
 
 def _policy_file(tmp_path: Path, fallback: str) -> Path:
