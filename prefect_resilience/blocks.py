@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import copy
 import difflib
-import json
-import re
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
 from prefect.blocks.core import Block
 from pydantic import ValidationError, field_serializer
 
+from prefect_resilience import versions
 from prefect_resilience.errors import ResilienceConfigError
 from prefect_resilience.policy import (
     FailureImpact,
@@ -33,9 +30,26 @@ from prefect_resilience.policy import (
     config_error,
     load_policy,
 )
+from prefect_resilience.versions import PolicyVersion, history, to_yaml, version_key
+
+__all__ = [
+    "Change",
+    "PolicyVersion",
+    "ResiliencePolicy",
+    "apply",
+    "current_document",
+    "diff",
+    "history",
+    "load_block_policy",
+    "plan_apply",
+    "policy_document",
+    "record_ui_edit",
+    "rollback",
+    "save_policy",
+    "version_key",
+]
 
 LOGO_FILE = Path(__file__).parent / "assets" / "resilience-policy.png"
-VERSION_TYPE = "resilience-policy-version"
 _POLICY_FIELDS = [name for name in WorkflowPolicy.model_fields if name != "name"]
 
 
@@ -157,67 +171,10 @@ def load_block_policy(name: str) -> WorkflowPolicy:
 # --- versions ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PolicyVersion:
-    number: int
-    created: datetime | None
-    note: str
-    document: dict[str, Any]
-
-
-def version_key(name: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "policy"
-    return f"resilience-policy-{slug}"[:100].rstrip("-")
-
-
-def history(name: str) -> list[PolicyVersion]:
-    """Every recorded version of a policy block, oldest first (version 1 is the first)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    artifacts: list[Any] = []
-    with get_client(sync_client=True) as client:
-        while True:
-            page = client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[version_key(name)])),
-                sort=ArtifactSort.CREATED_DESC,
-                offset=len(artifacts),
-                limit=200,
-            )
-            artifacts.extend(page)
-            if len(page) < 200:
-                break
-    artifacts.reverse()
-    return [
-        PolicyVersion(
-            number=i,
-            created=a.created,
-            note=(a.data or {}).get("note", ""),
-            document=(a.data or {}).get("policy", {}),
-        )
-        for i, a in enumerate(artifacts, start=1)
-    ]
-
-
 def save_policy(name: str, policy: WorkflowPolicy, note: str = "saved") -> PolicyVersion:
     """Save a policy block (create or overwrite) and record the saved policy as a version."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import ArtifactCreate
-
-    document = policy_document(policy)
     ResiliencePolicy.from_policy(policy).save(name, overwrite=True)
-    number = len(history(name)) + 1
-    with get_client(sync_client=True) as client:
-        artifact = client.create_artifact(
-            ArtifactCreate(
-                key=version_key(name),
-                type=VERSION_TYPE,
-                data={"block": name, "version": number, "note": note, "policy": document},
-                description=f"Resilience Policy `{name}` version {number}: {note}",
-            )
-        )
-    return PolicyVersion(number, artifact.created, note, document)
+    return versions.record(name, policy_document(policy), note)
 
 
 def current_document(name: str) -> dict[str, Any] | None:
@@ -233,8 +190,8 @@ def current_document(name: str) -> dict[str, Any] | None:
 def record_ui_edit(name: str) -> PolicyVersion | None:
     """Record the block's content as a version if it was changed outside this package."""
     document = current_document(name)
-    versions = history(name)
-    if document is None or (versions and versions[-1].document == document):
+    newest = versions.latest(name)
+    if document is None or (newest and newest.document == document):
         return None
     return save_policy(name, WorkflowPolicy.model_validate(document), note="edited outside")
 
@@ -242,39 +199,27 @@ def record_ui_edit(name: str) -> PolicyVersion | None:
 def rollback(name: str, to: int | None = None) -> PolicyVersion:
     """Save version `to` (default: the one before the latest) again, as a new version."""
     record_ui_edit(name)
-    versions = history(name)
-    if len(versions) < 2 and to is None:
-        raise ResilienceConfigError(f"policy {name!r} has no earlier version", field="version")
-    target_number = to if to is not None else versions[-2].number
-    target = _version(versions, name, target_number)
+    if to is None:
+        newest = versions.latest(name)
+        if newest is None or newest.number < 2:
+            raise ResilienceConfigError(f"policy {name!r} has no earlier version", field="version")
+        to = newest.number - 1
+    target = versions.read_version(name, to)
     policy = WorkflowPolicy.model_validate(target.document)
     return save_policy(name, policy, note=f"rollback to version {target.number}")
 
 
 def diff(name: str, a: int, b: int) -> str:
     """A unified diff between two versions of a policy, as YAML."""
-    versions = history(name)
-    left, right = _version(versions, name, a), _version(versions, name, b)
+    left, right = versions.read_version(name, a), versions.read_version(name, b)
     return "".join(
         difflib.unified_diff(
-            _yaml(left.document).splitlines(keepends=True),
-            _yaml(right.document).splitlines(keepends=True),
+            to_yaml(left.document).splitlines(keepends=True),
+            to_yaml(right.document).splitlines(keepends=True),
             fromfile=f"{name} v{a}",
             tofile=f"{name} v{b}",
         )
     )
-
-
-def _version(versions: list[PolicyVersion], name: str, number: int) -> PolicyVersion:
-    if not 1 <= number <= len(versions):
-        raise ResilienceConfigError(
-            f"policy {name!r} has versions 1..{len(versions)}, not {number}", field="version"
-        )
-    return versions[number - 1]
-
-
-def _yaml(document: dict[str, Any]) -> str:
-    return yaml.safe_dump(json.loads(json.dumps(document)), sort_keys=True)
 
 
 # --- files as source ---------------------------------------------------------------------
@@ -326,12 +271,12 @@ def apply(paths: list[Path]) -> list[Change]:
             continue
         if current:
             record_ui_edit(name)
-        before = _yaml(current) if current else ""
+        before = to_yaml(current) if current else ""
         save_policy(name, policy, note=f"applied from {file.name}")
         text = "".join(
             difflib.unified_diff(
                 before.splitlines(keepends=True),
-                _yaml(wanted).splitlines(keepends=True),
+                to_yaml(wanted).splitlines(keepends=True),
                 fromfile=f"{name} (server)",
                 tofile=str(file),
             )
