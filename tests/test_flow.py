@@ -258,6 +258,18 @@ def test_workflow_policy_overrides_the_decorator_per_step() -> None:
     assert relaxed() == "x"
 
 
+def test_a_plain_mapping_is_a_policy_as_a_workflow_policy_is() -> None:
+    rules = {"database_setup": {"policy": "continue", "default": "x"}}
+
+    @resilient_flow(policy={"step_policies": rules})
+    def relaxed() -> str:
+        return database_setup(fail=True)
+
+    assert relaxed() == "x"
+    with pytest.raises(ResilienceConfigError, match="max_partial_failures"):
+        resilient_flow(policy={"max_partial_failures": -1})(relaxed.fn)
+
+
 def test_a_policy_file_is_read_when_each_run_starts(tmp_path: Path) -> None:
     file = tmp_path / "policy.yaml"
     file.write_text("stepPolicies:\n  database_setup:\n    failurePolicy: continue\n")
