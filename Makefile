@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml $(LOCK)
 		{ echo "Python 3.11 or newer is needed (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c $(LOCK) pip
-	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[dev,dask,plots]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[dev,dask,plots,redis,ray]'
 	touch $(STAMP)
 
 # The demo keeps its Prefect home (and embedded SQLite server) inside the repo.

@@ -539,7 +539,7 @@ class JournalRecord:
             return False
         except PermissionError:  # someone else's process now holds that id
             return True
-        return True
+        return not _is_zombie(self.pid)
 
     def report(self, status: RunStatus, message: str) -> PartialSuccessResult:
         """The run's report as far as the journal goes (its health recomputed from it)."""
@@ -591,3 +591,13 @@ def read_journal(path: Path) -> JournalRecord:
             if number < len(lines):  # only the last line may be cut short
                 raise ValueError(f"{path}, line {number}: not a journal entry ({exc})") from None
     return record
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed process nobody reaped yet (its parent died too, and the container's
+    first process does not reap orphans) still answers signal 0, but it is over."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (not Linux), or gone since
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]

@@ -1,11 +1,13 @@
 """The locked dependencies: write requirements/lock.txt, and audit it with pip-audit.
 
-    python requirements/deps.py lock            # resolve pyproject's extras, write the lock
+    python requirements/deps.py lock            # add what pyproject's extras need to the lock
+    python requirements/deps.py lock --upgrade  # resolve everything afresh (newest versions)
     python requirements/deps.py audit           # pip-audit over the lock, with a summary
     python requirements/deps.py audit --strict  # ... and fail if a package could not be audited
 
-`lock` asks pip to resolve `.[dev,dask,plots]` (a dry run that installs
-nothing) and writes every package of the resolution, pinned, to the lock; the
+`lock` asks pip to resolve `.[dev,dask,plots,redis,ray]` (a dry run that installs
+nothing), within the current lock unless `--upgrade` (so a new dependency does
+not move every other pin), and writes every package of the resolution, pinned, to the lock; the
 Makefile installs with the lock as constraints. `audit` runs pip-audit on the
 lock (its default vulnerability service, PyPI) and says how many packages it
 could audit: a service that cannot be reached audits nothing, and "no known
@@ -24,21 +26,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements" / "lock.txt"
-EXTRAS = ".[dev,dask,plots]"
+EXTRAS = ".[dev,dask,plots,redis,ray]"
 HEADER = """\
 # The project's dependencies, pinned: Python 3.11, Linux x86_64.
 # Written by `make lock` (python requirements/deps.py lock) from pyproject.toml's
-# dependencies and the extras dev, dask and plots; installed with it as constraints
-# (`pip install -c requirements/lock.txt -e '.[dev,dask,plots]'`); audited by `make audit`.
+# dependencies and the extras dev, dask, plots, redis and ray; installed with it as
+# constraints (`pip install -c requirements/lock.txt -e '.[dev,dask,plots,redis,ray]'`);
+# audited by `make audit`.
 """
 
 
-def lock() -> int:
+def lock(upgrade: bool) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
+        within = [] if upgrade or not LOCK.exists() else ["-c", str(LOCK)]
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
-             "--report", str(report), "-e", EXTRAS],
+             *within, "--report", str(report), "-e", EXTRAS],
             cwd=ROOT, check=True,
         )  # fmt: skip
         resolved = json.loads(report.read_text())["install"]
@@ -94,7 +98,7 @@ def audit(strict: bool) -> int:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["lock"]:
-        return lock()
+        return lock(upgrade="--upgrade" in argv[1:])
     if argv[:1] == ["audit"]:
         return audit(strict="--strict" in argv[1:])
     print(__doc__, file=sys.stderr)

@@ -317,24 +317,30 @@ def prefect_server(
     home: Path | None = None,
     extra_env: Mapping[str, str] | None = None,
     startup_timeout: float = 120.0,
+    args: Sequence[str] = (),
+    public_url: str | None = None,
+    port: int | None = None,
 ) -> Iterator[PrefectServer]:
     """`prefect server start` on 127.0.0.1 and a free port, stopped (with its group) on exit.
 
     `database_url` becomes PREFECT_API_DATABASE_CONNECTION_URL; without it the
     server keeps SQLite in its PREFECT_HOME (`home`, or a temporary directory
-    removed on exit). Returns once /api/health answers 200.
+    removed on exit). `args` go to `prefect server start` (`--no-services`);
+    `public_url` is the address clients and the UI use when it is not the
+    server's own (a load balancer's). Returns once /api/health answers 200.
     """
     owned_home = home is None
     home = Path(tempfile.mkdtemp(prefix="prefect-home-")) if home is None else home
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     base = f"http://127.0.0.1:{port}"
+    public = public_url or base
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": f"{base}/api",
+        "PREFECT_API_URL": f"{public}/api",
         # the UI's JavaScript calls this URL; by default it is the one of port 4200
-        "PREFECT_UI_API_URL": f"{base}/api",
+        "PREFECT_UI_API_URL": f"{public}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
         **(extra_env or {}),
@@ -346,7 +352,7 @@ def prefect_server(
     log = home / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            [str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port), *args],
             env=env,
             cwd=home,
             stdout=out,

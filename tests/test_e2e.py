@@ -1,9 +1,12 @@
 """End to end, as a user runs it: a server, a work pool, `prefect deploy`, a worker, runs.
 
-`prefect server start` (on SQLite, then on PostgreSQL), a process work pool,
+`prefect server start` (on SQLite, then on PostgreSQL), then Prefect's production
+topology (PostgreSQL, Redis, two API servers behind haproxy, a services process and
+two workers; tests/topology.py), a process work pool,
 the policy blocks applied with `prefect-resilience policy apply`, the
-deployments of flows/prefect.yaml made with `prefect deploy --all`, and one
-`prefect worker start` that runs every flow run in a process of its own. Runs
+deployments of flows/prefect.yaml made with `prefect deploy --all`, and
+`prefect worker start` (one, or two on the topology) running every flow run in a
+process of its own. Runs
 are triggered through the API; final states and reports are read back from it.
 Then the seed scenario's policy block is edited while the same worker keeps
 running, and the next run follows the edited policy.
@@ -15,6 +18,7 @@ Everything started here is stopped on the way out, also when the test fails
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +37,7 @@ from tests.servers import (
     prefect_server,
     prefect_worker,
 )
+from tests.topology import SBIN_PATH, topology
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOWS = ROOT / "flows"
@@ -51,20 +56,29 @@ RUN_TIMEOUT = 150.0
 DEGRADING = ["optional_analytics_setup", "user_notification", "email_fallback"]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "redis-topology"])
 def deployment(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[tuple[PrefectServer, PrefectWorker]]:
-    """A server on the given database, the flows deployed, and a worker polling their pool."""
+) -> Iterator[tuple[PrefectServer, list[PrefectWorker]]]:
+    """A server (or the topology) on the given database, the flows deployed, and workers."""
     with contextlib.ExitStack() as stack:
-        database_url = None
-        if request.param == "postgresql":
-            if postgres_bin_dir() is None:
-                pytest.skip(
-                    "PostgreSQL binaries are missing (apt-get install postgresql; .ci/run does)"
-                )
-            database_url = stack.enter_context(postgres_cluster()).url
-        server = stack.enter_context(prefect_server(database_url, home=tmp_path / "prefect-home"))
+        if request.param != "sqlite" and postgres_bin_dir() is None:
+            pytest.skip(
+                "PostgreSQL binaries are missing (apt-get install postgresql; .ci/run does)"
+            )
+        top = None
+        if request.param == "redis-topology":
+            if not shutil.which("redis-server") or not shutil.which("haproxy", path=SBIN_PATH):
+                pytest.skip("redis-server or haproxy is missing (apt-get install; .ci/run does)")
+            top = stack.enter_context(topology(2, home=tmp_path / "topology"))
+            server = top.server
+        else:
+            database_url = None
+            if request.param == "postgresql":
+                database_url = stack.enter_context(postgres_cluster()).url
+            server = stack.enter_context(
+                prefect_server(database_url, home=tmp_path / "prefect-home")
+            )
         # as a user would, with the CLI; independent steps overlap (each CLI call is a
         # few seconds of imports on a small machine)
         with ThreadPoolExecutor(2) as pool:
@@ -81,10 +95,13 @@ def deployment(
             )
             pool_made.result()
             deployed = pool.submit(prefect_cli, server, "deploy", "--all", "--no-prompt", cwd=FLOWS)
-            worker = stack.enter_context(prefect_worker(server, POOL, cwd=tmp_path))
+            workers = [
+                stack.enter_context(prefect_worker(server, POOL, cwd=tmp_path, name=f"w{i}"))
+                for i in range(1 if top is None else 2)
+            ]
             applied.result()
             deployed.result()
-        yield server, worker
+        yield server, workers
 
 
 def trigger(deployment_name: str, parameters: dict[str, Any] | None = None) -> Any:
@@ -94,7 +111,7 @@ def trigger(deployment_name: str, parameters: dict[str, Any] | None = None) -> A
     return run_deployment(deployment_name, parameters=parameters or {}, timeout=0)
 
 
-def wait_final(flow_run_id: Any, worker: PrefectWorker) -> Any:
+def wait_final(flow_run_id: Any, workers: list[PrefectWorker]) -> Any:
     """The flow run once it is in a final state (its state read from the API)."""
     from prefect.client.orchestration import get_client
 
@@ -107,8 +124,8 @@ def wait_final(flow_run_id: Any, worker: PrefectWorker) -> Any:
             if time.monotonic() > deadline:
                 pytest.fail(
                     f"flow run {flow_run_id} still {run.state.name if run.state else None}"
-                    f" after {RUN_TIMEOUT:.0f}s; worker log:\n"
-                    + worker.log.read_text(errors="replace")[-4000:]
+                    f" after {RUN_TIMEOUT:.0f}s; worker logs:\n"
+                    + "\n".join(w.log.read_text(errors="replace")[-3000:] for w in workers)
                 )
             time.sleep(0.5)
 
@@ -162,16 +179,16 @@ def run_counts(run: Any, timeout: float = 30.0) -> dict[str, list[int]]:
     return counts
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_deployed_flows_end_as_their_policies_say(
-    deployment: tuple[PrefectServer, PrefectWorker],
+    deployment: tuple[PrefectServer, list[PrefectWorker]],
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
 
     from prefect_resilience import RunStatus, StepStatus, TerminationRule, WorkflowPolicy, blocks
 
-    server, worker = deployment
+    server, workers = deployment
     with server.settings():
         with get_client(sync_client=True) as client:
             deployed = {
@@ -192,7 +209,7 @@ def test_deployed_flows_end_as_their_policies_say(
             "pipeline": trigger(PIPELINE, {"fail_steps": ["extract:part-2"]}),
             "dask": trigger(DASK, {"partitions": 4, "fail_steps": ["refresh_dashboard"]}),
         }
-        runs = {key: wait_final(run.id, worker) for key, run in started.items()}
+        runs = {key: wait_final(run.id, workers) for key, run in started.items()}
         reports = {key: report_of(run) for key, run in runs.items()}
 
         clean = runs["clean"]
@@ -243,10 +260,10 @@ def test_deployed_flows_end_as_their_policies_say(
             note="e2e: analytics is now required",
         )
 
-        after = wait_final(trigger(SEED, {"fail_steps": DEGRADING}).id, worker)
-        # the same worker process ran it: still up, and its log names the run
-        assert worker.process.poll() is None
-        assert str(after.id) in worker.log.read_text(errors="replace")
+        after = wait_final(trigger(SEED, {"fail_steps": DEGRADING}).id, workers)
+        # a worker that was already running ran it: still up, and its log names the run
+        assert all(w.process.poll() is None for w in workers)
+        assert any(str(after.id) in w.log.read_text(errors="replace") for w in workers)
         assert after.state.type is StateType.FAILED
         report = report_of(after)
         assert report.overall_status is RunStatus.TERMINATED

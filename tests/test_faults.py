@@ -556,3 +556,25 @@ def test_a_fallback_that_cannot_load_either_names_both(tmp_path: Path) -> None:
     assert "missing.yaml" in message and started == []
     with pytest.raises(ResilienceConfigError, match="fallback_policy"):
         resilient_flow(fallback_policy=42)(lambda: None)
+
+
+def test_a_killed_process_nobody_reaped_counts_as_ended(tmp_path: Path) -> None:
+    """Its parent died with it, and a container's first process may never reap it."""
+    import socket
+    import uuid
+
+    from prefect_resilience.report import JournalRecord
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    record = JournalRecord(
+        tmp_path / "j", uuid.uuid4(), "f", WorkflowPolicy(), child.pid, socket.gethostname()
+    )
+    assert record.process_alive() is True
+    os.kill(child.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert record.process_alive() is False  # a zombie: not yet waited for, but over
+    child.wait()
+    assert record.process_alive() is False
