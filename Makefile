@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(LOCK)
 
 # The demo keeps its Prefect home (and embedded SQLite server) inside the repo.
 demo: $(STAMP)
-	PREFECT_HOME=$(CURDIR)/.prefect-demo $(BIN)/python flows/demo.py
+	PREFECT_HOME=$(CURDIR)/.prefect-demo PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python flows/demo.py
 
 test: $(STAMP)
 	$(BIN)/ruff check .

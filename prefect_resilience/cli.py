@@ -27,6 +27,17 @@ console = Console()
 errors = Console(stderr=True)
 
 
+@app.callback()
+def _quiet_embedded_server() -> None:
+    """Without a PREFECT_API_URL a command runs Prefect's embedded server in this process;
+    its usage telemetry then races the command for the SQLite file and prints a
+    `database is locked` traceback. It only affects a server this process starts, and
+    an explicit setting wins."""
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
 def _load(path: Path) -> WorkflowPolicy:
     try:
         return load_policy(path)
