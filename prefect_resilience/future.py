@@ -134,6 +134,10 @@ def settle_later(primary: PrefectFuture[Any], call: StepCall) -> PrefectFuture[A
         from prefect_resilience.dask import settled_on_dask
 
         return settled_on_dask(primary, call)
+    if isinstance(primary, PrefectWrappedFuture) and _is_ray(primary):
+        from prefect_resilience.ray import settled_on_ray
+
+        return settled_on_ray(primary, call)
     if isinstance(primary, PrefectWrappedFuture):
         future = kind_of(primary)(primary.task_run_id, primary.wrapped_future)
         future._bind(primary, call)
@@ -163,6 +167,10 @@ def _settled_in_worker_thread(
 
 def _is_dask(future: PrefectWrappedFuture[Any, Any]) -> bool:
     return type(future).__module__.startswith("prefect_dask")
+
+
+def _is_ray(future: PrefectWrappedFuture[Any, Any]) -> bool:
+    return type(future).__module__.startswith("prefect_ray")
 
 
 def _runner_error(wrapped: Any) -> BaseException | None:

@@ -85,3 +85,17 @@ def dask_scenario_flow():  # built on demand: prefect-dask is an optional extra
         return scenario(fail_fetch, fail_sections)
 
     return scenario_dask
+
+
+def ray_scenario_flow():  # built on demand: prefect-ray is an optional extra
+    from prefect_ray import RayTaskRunner
+
+    # a local Ray cluster of its own, two CPUs as on the machines this runs on; tasks
+    # run in Ray's worker processes
+    runner = RayTaskRunner(init_kwargs={"num_cpus": 2, "include_dashboard": False})
+
+    @resilient_flow(policy=SCENARIO_POLICY, name="scenario-ray", task_runner=runner)
+    def scenario_ray(fail_fetch: bool = True, fail_sections: tuple[str, ...] = ("y",)) -> dict:
+        return scenario(fail_fetch, fail_sections)
+
+    return scenario_ray

@@ -467,6 +467,25 @@ def test_dask_scenario_gives_the_same_report() -> None:
     assert dask.health.health_score == pytest.approx(threads.health.health_score)
 
 
+@pytest.mark.timeout(300)
+def test_ray_scenario_gives_the_same_report() -> None:
+    pytest.importorskip("prefect_ray")
+    from tests.scenarios import ray_scenario_flow
+
+    threads = get_report(run_of(scenario_threads(return_state=True)))
+    state = ray_scenario_flow()(return_state=True)
+    assert state.name == "PartialSuccess"
+    # futures of a tolerated and a degraded step, passed to a task in a Ray worker process
+    assert state.result()["joined"] == "off/cached a"
+    ray = get_report(run_of(state))
+    assert sorted((s.name, s.status.value) for s in ray.steps) == EXPECTED_SCENARIO
+    assert ray.overall_status == threads.overall_status
+    assert ray.business_impact.model_dump(exclude={"overall_health_score"}) == (
+        threads.business_impact.model_dump(exclude={"overall_health_score"})
+    )
+    assert ray.health.health_score == pytest.approx(threads.health.health_score)
+
+
 def test_reports_know_attempts_without_waiting_and_report_wait_is_deprecated() -> None:
     @resilient_flow
     def hurried() -> str:
