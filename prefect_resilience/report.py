@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -341,7 +342,36 @@ def publish(report: PartialSuccessResult) -> None:
     ]
     with get_client(sync_client=True) as client:
         for artifact in artifacts:
-            client.create_artifact(artifact)
+            create_riding_through(client, artifact)
+
+
+# Pauses before writing an artifact again after the API failed it for a moment. Prefect's
+# client retries 502, 503 and dropped connections itself, but not a 500, which its server
+# answers while its database restarts (asyncpg's ConnectionRefusedError), nor a refused
+# connection on a client's first request: without these a report is kept pending.
+WRITE_RETRY_DELAYS = (1.0, 2.0, 4.0)
+
+
+def create_riding_through(client: Any, artifact: Any) -> Any:
+    """`client.create_artifact`, tried again over a few seconds when the API failed it
+    with a server error or could not be reached; other errors pass through at once."""
+    for pause in (*WRITE_RETRY_DELAYS, None):
+        try:
+            return client.create_artifact(artifact)
+        except Exception as exc:
+            if pause is None or not _transient(exc):
+                raise
+            logger.debug("the API failed an artifact write (%s); again in %.0fs", exc, pause)
+            time.sleep(pause)
+
+
+def _transient(exc: Exception) -> bool:
+    """A server error (5xx) or a connection that failed: worth a second try."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    return isinstance(exc, httpx.TransportError)
 
 
 def create_artifact(
@@ -355,12 +385,11 @@ def create_artifact(
     from prefect.runtime import flow_run
 
     run_id = flow_run_id or flow_run.id
+    artifact = ArtifactCreate(
+        key=key, type=kind, data=data, description=description, flow_run_id=run_id
+    )
     with get_client(sync_client=True) as client:
-        client.create_artifact(
-            ArtifactCreate(
-                key=key, type=kind, data=data, description=description, flow_run_id=run_id
-            )
-        )
+        create_riding_through(client, artifact)
     return run_id is not None
 
 

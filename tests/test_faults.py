@@ -16,6 +16,7 @@ runner, by entrypoint) can import them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -162,15 +163,19 @@ def _assert_reports_what_finished(report: Any) -> None:
 
 
 class _Gateway(ThreadingHTTPServer):
-    """An HTTP proxy to the Prefect API that answers 504 on the routes it is told to fail,
-    as a gateway does when its upstream cannot be reached; everything else is forwarded."""
+    """An HTTP proxy to the Prefect API that answers `status` on the routes it is told to
+    fail (504: as a gateway whose upstream cannot be reached), the first `times` requests
+    to them or all; everything else is forwarded."""
 
     daemon_threads = True
 
-    def __init__(self, upstream: str, failing: str) -> None:
+    def __init__(
+        self, upstream: str, failing: str, status: int = 504, times: int | None = None
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _GatewayHandler)
         self.origin = re.sub(r"(https?://[^/]+).*", r"\1", upstream)
         self.failing = re.compile(failing)
+        self.status, self.times = status, times
         self.refused: list[str] = []
         self.client = httpx.Client(timeout=30)
 
@@ -189,9 +194,12 @@ class _GatewayHandler(BaseHTTPRequestHandler):
     def _any(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        if self.server.failing.search(self.path):
-            self.server.refused.append(f"{self.command} {self.path}")
-            self.send_response(504)
+        gateway = self.server
+        if gateway.failing.search(self.path) and (
+            gateway.times is None or len(gateway.refused) < gateway.times
+        ):
+            gateway.refused.append(f"{self.command} {self.path}")
+            self.send_response(gateway.status)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -213,9 +221,9 @@ class _GatewayHandler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def gateway() -> Iterator[_Gateway]:
-    server = _Gateway(_api_url(), failing=r"^/api/(artifacts|events)")
+@contextlib.contextmanager
+def _serving(failing: str, **options: Any) -> Iterator[_Gateway]:
+    server = _Gateway(_api_url(), failing, **options)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -224,6 +232,33 @@ def gateway() -> Iterator[_Gateway]:
         server.shutdown()
         server.server_close()
         server.client.close()
+
+
+@pytest.fixture
+def gateway() -> Iterator[_Gateway]:
+    with _serving(r"^/api/(artifacts|events)") as server:
+        yield server
+
+
+def test_a_report_the_api_fails_for_a_moment_is_published(tmp_path: Path, client: Any) -> None:
+    # a database restarting behind the API: its server answers 500, which Prefect's
+    # client does not retry; the package writes the report again a moment later
+    home = tmp_path / "home"
+    with _serving(r"^/api/artifacts/$", status=500, times=2) as flaky:
+        process = _python(
+            "from tests.test_faults import outage\n"
+            "state = outage(return_state=True)\n"
+            "print('RUN', state.state_details.flow_run_id, state.name)",
+            _env(home, flaky.url),
+        )
+        output = process.communicate(timeout=180)[0]
+    assert process.returncode == 0, output
+    assert flaky.refused == ["POST /api/artifacts/"] * 2
+    flow_run_id = UUID(re.search(r"^RUN (\S+) PartialSuccess$", output, re.M).group(1))
+    report = get_report(flow_run_id)
+    assert report is not None and report.overall_status is RunStatus.PARTIAL_SUCCESS
+    assert "kept it in" not in output
+    assert not list((home / "prefect-resilience" / "pending").glob("*.json"))
 
 
 def test_an_unreachable_api_keeps_the_ending_and_the_report_waits_for_upload(
