@@ -240,21 +240,28 @@ def gateway() -> Iterator[_Gateway]:
         yield server
 
 
+def _run_outage(home: Path, gateway: _Gateway) -> tuple[str, UUID]:
+    """Run `outage` in a process whose API is the gateway: its output and flow run id."""
+    process = _python(
+        "from tests.test_faults import outage\n"
+        "state = outage(return_state=True)\n"
+        "print('RUN', state.state_details.flow_run_id, state.name)",
+        _env(home, gateway.url),
+    )
+    output = process.communicate(timeout=180)[0]
+    assert process.returncode == 0, output
+    found = re.search(r"^RUN (\S+) PartialSuccess$", output, re.M)
+    assert found, output
+    return output, UUID(found.group(1))
+
+
 def test_a_report_the_api_fails_for_a_moment_is_published(tmp_path: Path, client: Any) -> None:
     # a database restarting behind the API: its server answers 500, which Prefect's
     # client does not retry; the package writes the report again a moment later
     home = tmp_path / "home"
     with _serving(r"^/api/artifacts/$", status=500, times=2) as flaky:
-        process = _python(
-            "from tests.test_faults import outage\n"
-            "state = outage(return_state=True)\n"
-            "print('RUN', state.state_details.flow_run_id, state.name)",
-            _env(home, flaky.url),
-        )
-        output = process.communicate(timeout=180)[0]
-    assert process.returncode == 0, output
+        output, flow_run_id = _run_outage(home, flaky)
     assert flaky.refused == ["POST /api/artifacts/"] * 2
-    flow_run_id = UUID(re.search(r"^RUN (\S+) PartialSuccess$", output, re.M).group(1))
     report = get_report(flow_run_id)
     assert report is not None and report.overall_status is RunStatus.PARTIAL_SUCCESS
     assert "kept it in" not in output
@@ -265,15 +272,7 @@ def test_an_unreachable_api_keeps_the_ending_and_the_report_waits_for_upload(
     gateway: _Gateway, tmp_path: Path, client: Any
 ) -> None:
     home = tmp_path / "home"
-    process = _python(
-        "from tests.test_faults import outage\n"
-        "state = outage(return_state=True)\n"
-        "print('RUN', state.state_details.flow_run_id, state.name)",
-        _env(home, gateway.url),
-    )
-    output = process.communicate(timeout=180)[0]
-    assert process.returncode == 0, output
-    flow_run_id = UUID(re.search(r"^RUN (\S+) PartialSuccess$", output, re.M).group(1))
+    output, flow_run_id = _run_outage(home, gateway)
     # the artifact writes and the event stream were refused; the run still ended right
     assert any(r.startswith("POST /api/artifacts/") for r in gateway.refused)
     assert any("/api/events/in" in r for r in gateway.refused)
