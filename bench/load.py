@@ -1,17 +1,23 @@
-"""Load: many concurrent resilient flow runs on a Prefect server on PostgreSQL, vs plain Prefect.
+"""Load: many concurrent resilient flow runs against plain Prefect, on PostgreSQL or on
+Prefect's production topology.
 
-A throwaway PostgreSQL cluster and `prefect server start` on it (tests/servers.py).
-In batches, N flow runs of a 20-step flow run at once: driver processes (this script
-with `driver`) each run their share of the runs in threads, each thread one flow run
-(`prefect.flow_engine.run_flow`, what a worker's flow-run process does). Batches
-alternate (ABBA order over rounds) between the same flow in plain Prefect, as a
-`@resilient_flow` (default `report_wait`, 10 s) and as one with `report_wait=0`.
-Failures are injected by seed, so each run's expected steps, report and final state
-are known beforehand; after each batch the server is read back and every run,
-report, step outcome and task run is checked against them.
+`--topology postgres`: a throwaway PostgreSQL cluster and one `prefect server
+start` on it (tests/servers.py). `--topology redis`: Prefect's production
+topology (tests/topology.py): PostgreSQL, Redis for messaging, two API servers
+with `--no-services` behind haproxy and a services process. In batches, N flow
+runs of a 20-step flow (load_flows.py) run at once: driver processes (this
+script with `driver`) each run their share of the runs in threads, each thread
+one flow run (`prefect.flow_engine.run_flow`, what a worker's flow-run process
+does). Batches alternate (ABBA order over rounds) between the flow in plain
+Prefect and as a `@resilient_flow`. Failures are injected by seed, so each run's
+expected steps, report and final state are known beforehand; after each batch
+the server is read back and every run, report, step outcome and task run is
+checked against them. `--knee` adds one batch per variant at each larger size,
+to find where throughput stops growing.
 
     python load.py [--runs 200] [--concurrency RUNS] [--processes 4] [--rounds 2]
-    python load.py --runs 20          # a smoke run
+    python load.py --topology redis --knee 300,400
+    python load.py --runs 20 --rounds 1 --no-write     # a smoke run
 
 Exit status 1 if any check failed (the figures are still written).
 """
@@ -19,10 +25,10 @@ Exit status 1 if any check failed (the figures are still written).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
-import random
 import resource
 import statistics
 import subprocess
@@ -30,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,285 +46,78 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _report import markdown_table, show, write_section  # noqa: E402
-from prefect import flow, tags, task, unmapped  # noqa: E402
-from prefect.flow_engine import run_flow  # noqa: E402
-from prefect.runtime import task_run  # noqa: E402
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
-
-from prefect_resilience import WorkflowPolicy, resilient, resilient_flow  # noqa: E402
-
-RETRIES = 1  # every step: 2 attempts, no delay
-MAX_PARTIAL_FAILURES = 2
-CRITICAL_STEP_RATIO = 0.75
-POLICY = WorkflowPolicy(
-    name="load",
-    max_partial_failures=MAX_PARTIAL_FAILURES,
-    critical_step_ratio=CRITICAL_STEP_RATIO,
+from load_flows import (  # noqa: E402
+    CRITICAL_STEP_RATIO,
+    FAILURES,
+    FLOWS,
+    MAX_PARTIAL_FAILURES,
+    RETRIES,
+    STEPS,
+    TASK_RUNNER_WORKERS,
+    Plan,
+    plan,
 )
-TASK_RUNNER_WORKERS = 5
+from prefect import tags  # noqa: E402
+from prefect.flow_engine import run_flow  # noqa: E402
 
-# --- the flow's layout -------------------------------------------------------------------
+from tests.topology import LOST_STREAM, count_dropped  # noqa: E402
 
-# (how the steps are started, their indices): direct calls, .submit(), one task .map()ped
-PHASES: list[tuple[str, range]] = [
-    ("direct", range(0, 5)),
-    ("submit", range(5, 10)),
-    ("map", range(10, 15)),
-    ("direct", range(15, 20)),
-]
-STEPS = 20
-# each step's role: its failure policy (critical steps are 0, 4 and 15)
-ROLES: dict[int, str] = {
-    0: "fail_fast",
-    1: "continue",
-    2: "partial_success",
-    3: "graceful",
-    4: "critical_partial",
-    5: "continue",
-    6: "partial_success",
-    7: "graceful",
-    8: "continue",
-    9: "partial_success",
-    **dict.fromkeys(range(10, 15), "graceful"),  # the mapped step
-    15: "fail_fast",
-    16: "continue",
-    17: "graceful",
-    18: "partial_success",
-    19: "continue",
-}
-CRITICAL = {"fail_fast", "critical_partial"}
-MAPPED = "step_mapped"
 # words of the package's warnings that a report or a record is at risk (any logger)
 TROUBLE = ("could not", "is lost", "given up", "kept it in", "EventsWorker' failed")
 # the state types a task run of these flows ends in
 FINAL_STATES = ["COMPLETED", "FAILED"]
 
 
-def step_name(index: int) -> str:
-    return MAPPED if 10 <= index < 15 else f"step_{index:02d}"
+# --- what a batch runs against ------------------------------------------------------------
 
 
-# --- the injected failures: a pure function of (seed, step) ----------------------------
+@dataclass
+class Target:
+    """The servers batches run against: the address clients use, and the server-side logs."""
 
-FAILURES = {"permanent": 0.06, "transient": 0.10, "fallback": 0.3}
+    topology: str  # "postgres" (one server) or "redis" (Prefect's production topology)
+    server: Any  # tests.servers.PrefectServer: the address and settings clients use
+    logs: Callable[[], list[Path]]
+    versions: str = ""
 
+    def log_sizes(self) -> dict[Path, int]:
+        return {log: log.stat().st_size for log in self.logs() if log.exists()}
 
-def _draw(seed: int, index: int, what: str) -> float:
-    # str seeds are hashed with SHA-512 by random.Random: the same in every process
-    return random.Random(f"load:{seed}:{index}:{what}").random()
-
-
-def kind(seed: int, index: int) -> str:
-    """'permanent' (every attempt fails), 'transient' (the first attempt fails) or 'ok'."""
-    u = _draw(seed, index, "kind")
-    if u < FAILURES["permanent"]:
-        return "permanent"
-    return "transient" if u < FAILURES["permanent"] + FAILURES["transient"] else "ok"
-
-
-def fallback_fails(seed: int, index: int) -> bool:
-    return _draw(seed, index, "fallback") < FAILURES["fallback"]
-
-
-class InjectedFailure(ConnectionError):
-    """The only exception the steps raise: any other failure is the harness's own."""
+    def logged_since(self, sizes: dict[Path, int]) -> str:
+        """What the server-side logs gained since `sizes` were taken."""
+        texts = []
+        for log in self.logs():
+            with contextlib.suppress(OSError):
+                texts.append(log.read_bytes()[sizes.get(log, 0) :].decode(errors="replace"))
+        return "\n".join(texts)
 
 
-def work(seed: int, index: int, pause: float) -> tuple[str, int]:
-    """One step: sleeps `pause` s (its I/O), then fails or not as the draws say."""
-    time.sleep(pause)
-    attempt = task_run.run_count  # 1, 2 across Prefect's retries of this task run
-    what = kind(seed, index)
-    if what == "permanent" or (what == "transient" and attempt == 1):
-        raise InjectedFailure(f"injected: run {seed} step {index} attempt {attempt}")
-    return ("own", index)
+@contextlib.contextmanager
+def serving(topology: str) -> Iterator[Target]:
+    """Start the servers of `topology` with throwaway data; stop them all on the way out."""
+    from tests.servers import postgres_bin_dir, postgres_cluster, prefect_server
+    from tests.topology import topology as production_topology
+
+    if topology == "redis":
+        with production_topology(api_servers=2) as top:
+            target = Target(topology, top.server, top.logs)
+            redis = _version(["redis-server", "--version"]).split(" v=")[-1].split()[0]
+            target.versions = f"Redis {redis}, 2 API servers behind haproxy"
+            yield _with_versions(target, postgres_bin_dir())
+    else:
+        with postgres_cluster() as pg, prefect_server(pg.url) as server:
+            yield _with_versions(Target(topology, server, lambda: [server.log]), postgres_bin_dir())
 
 
-def cached_result(seed: int, index: int) -> tuple[str, int]:
-    """The fallback of the graceful_degradation steps; fails as its own draw says."""
-    if fallback_fails(seed, index):
-        raise InjectedFailure(f"injected: run {seed} fallback of step {index}")
-    return ("fallback", index)
+def _with_versions(target: Target, pg_bin: Path | None) -> Target:
+    prefect = target.server.request("GET", "/admin/version")
+    pg = _version([str(Path(str(pg_bin)) / "postgres"), "--version"])
+    target.versions = ", ".join(v for v in (f"Prefect server {prefect}", pg, target.versions) if v)
+    return target
 
 
-# --- what every run must end with --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A run's expected outcome: its steps (name, status, attempts), final state, rule."""
-
-    steps: tuple[tuple[str, str, int], ...]
-    final: str  # the flow run's state name: Completed, PartialSuccess or Failed
-    rule: str | None  # the termination rule that fires, if any
-    fallbacks: int  # fallback task runs
-
-    @property
-    def reached(self) -> int:
-        return len(self.steps)
-
-    @property
-    def task_runs(self) -> int:
-        return self.reached + self.fallbacks
-
-    @property
-    def report_status(self) -> str:
-        return {"Completed": "completed", "PartialSuccess": "partial_success"}.get(
-            self.final, "terminated"
-        )
-
-
-def plan(seed: int) -> Plan:
-    """What DESIGN.md's rules give for the draws of `seed`, worked out independently.
-
-    A rule is checked after each step's outcome; in a direct-call phase a rule that
-    fires stops the run before the next step; in a submitted or mapped phase all its
-    steps are already started, so the run stops after the phase (the next step's
-    start raises). Only max_partial_failures can fire inside such a phase here (no
-    critical or fail_fast step is in one), and it only grows, so when it fires does
-    not depend on the order the phase's steps finish in.
-    """
-    steps: list[tuple[str, str, int]] = []
-    failed = critical_total = critical_delivered = fallbacks = 0
-    partial = False
-    rule: str | None = None
-    for mode, indices in PHASES:
-        for index in indices:
-            role, what = ROLES[index], kind(seed, index)
-            attempts = 1 if what == "ok" else RETRIES + 1
-            delivered = what != "permanent"
-            status = {"ok": "succeeded", "transient": "recovered"}.get(what, "")
-            if not delivered:
-                if role == "graceful":
-                    fallbacks += 1
-                    delivered = not fallback_fails(seed, index)
-                status = "degraded" if delivered else "tolerated"
-                if role == "fail_fast":
-                    status = "failed"
-                if not delivered:
-                    failed += 1
-                partial = partial or role != "continue"  # continue tolerates silently
-            if role in CRITICAL:
-                critical_total += 1
-                critical_delivered += delivered
-            steps.append((step_name(index), status, attempts))
-            if rule is None:
-                if role == "fail_fast" and not delivered:
-                    rule = "fail_fast"
-                elif failed > MAX_PARTIAL_FAILURES:
-                    rule = "max_partial_failures"
-                elif critical_total and critical_delivered / critical_total < CRITICAL_STEP_RATIO:
-                    rule = "critical_step_ratio"
-            if rule and mode == "direct":
-                break
-        if rule:
-            break
-    final = "Failed" if rule else ("PartialSuccess" if partial else "Completed")
-    return Plan(tuple(steps), final, rule, fallbacks)
-
-
-# --- the two flows -----------------------------------------------------------------------
-
-
-def _resilient_step(index: int) -> Any:
-    role = ROLES[index]
-    common: dict[str, Any] = {"retries": RETRIES, "retry_delay": 0, "name": step_name(index)}
-    if role == "fail_fast":
-        return resilient(work, policy="fail_fast", critical=True, impact="critical", **common)
-    if role == "critical_partial":
-        return resilient(work, policy="partial_success", critical=True, impact="critical", **common)
-    if role == "continue":
-        return resilient(work, policy="continue", impact="minor", **common)
-    if role == "partial_success":
-        return resilient(work, policy="partial_success", impact="major", **common)
-    return resilient(work, fallbacks=[FALLBACK], impact="major", **common)
-
-
-FALLBACK = task(cached_result, name="cached_result")
-RESILIENT = {i: _resilient_step(i) for i in range(STEPS) if not 10 <= i < 15}
-RESILIENT[10] = _resilient_step(10)  # the mapped step, one task for steps 10-14
-PLAIN = {
-    i: task(work, name=step_name(i), retries=RETRIES, retry_delay_seconds=0)
-    for i in range(STEPS)
-    if not 10 <= i < 15
-}
-PLAIN[10] = task(work, name=MAPPED, retries=RETRIES, retry_delay_seconds=0)
-
-
-def _resilient_steps(seed: int, pause: float) -> int:
-    """The 20 steps; the package applies the policies and stops the run when a rule fires."""
-    values: list[Any] = []
-    for mode, indices in PHASES:
-        if mode == "direct":
-            values += [RESILIENT[i](seed=seed, index=i, pause=pause) for i in indices]
-        elif mode == "submit":
-            futures = [RESILIENT[i].submit(seed=seed, index=i, pause=pause) for i in indices]
-            values += [f.result() for f in futures]
-        else:
-            futures = RESILIENT[10].map(
-                seed=unmapped(seed), index=list(indices), pause=unmapped(pause)
-            )
-            values += [f.result() for f in futures]
-    return len(values)
-
-
-def _resilient_flow(name: str, report_wait: float) -> Any:
-    def steps(seed: int, pause: float) -> int:
-        return _resilient_steps(seed, pause)
-
-    return resilient_flow(
-        steps,
-        policy=POLICY,
-        name=name,
-        report_wait=report_wait,
-        task_runner=ThreadPoolTaskRunner(max_workers=TASK_RUNNER_WORKERS),
-    )
-
-
-# the package's default report_wait (10 s), and none: the report does not wait for
-# Prefect's records of the task runs (their attempts stay unknown)
-resilient_run = _resilient_flow("load-resilient", report_wait=10.0)
-resilient_nowait_run = _resilient_flow("load-resilient-nowait", report_wait=0.0)
-
-
-@flow(name="load-plain", task_runner=ThreadPoolTaskRunner(max_workers=TASK_RUNNER_WORKERS))
-def plain_run(seed: int, pause: float) -> int:
-    """The same steps in plain Prefect: failures caught, fallbacks called by hand.
-
-    To do the same work as the resilient run, it stops where that run is planned
-    to stop (a plain flow has no termination rules), and ends Completed.
-    """
-    stop = plan(seed).reached
-    done = 0
-
-    def settle(index: int, state: Any) -> None:
-        if state.is_failed() and ROLES[index] == "graceful":
-            FALLBACK(seed=seed, index=index, return_state=True)
-
-    for mode, indices in PHASES:
-        if done >= stop:
-            break
-        if mode == "direct":
-            for i in indices:
-                if done >= stop:
-                    break
-                settle(i, PLAIN[i](seed=seed, index=i, pause=pause, return_state=True))
-                done += 1
-            continue
-        if mode == "submit":
-            futures = [PLAIN[i].submit(seed=seed, index=i, pause=pause) for i in indices]
-        else:
-            futures = list(
-                PLAIN[10].map(seed=unmapped(seed), index=list(indices), pause=unmapped(pause))
-            )
-        for i, future in zip(indices, futures, strict=True):
-            future.wait()
-            settle(i, future.state)
-        done += len(indices)
-    return done
-
-
-FLOWS = {"plain": plain_run, "resilient": resilient_run, "resilient-nowait": resilient_nowait_run}
+def _version(command: list[str]) -> str:
+    return subprocess.run(command, capture_output=True, text=True).stdout.strip()
 
 
 # --- a driver process: its share of one batch, each run in a thread ---------------------
@@ -371,15 +170,12 @@ def drive(args: argparse.Namespace) -> None:
 
 
 def _time_report_calls() -> dict[str, list[float]]:
-    """Time the two calls at the end of a resilient run that talk to the API.
-
-    `with_run_details` waits (up to `report_wait`) for Prefect to record the run's
-    task runs; `publish_or_keep` writes the report's artifacts. Both are wrapped in
-    the flow module's namespace with a timer that calls straight through.
-    """
+    """Time the call at the end of a resilient run that writes its report to the API
+    (`publish_or_keep`), wrapped in the flow module's namespace with a timer that
+    calls straight through."""
     import prefect_resilience.flow as flow_module
 
-    timings: dict[str, list[float]] = {"with_run_details": [], "publish_or_keep": []}
+    timings: dict[str, list[float]] = {"publish_or_keep": []}
     for name, calls in timings.items():
         original = getattr(flow_module, name)
 
@@ -402,7 +198,8 @@ class Batch:
     """One batch of one variant, and what the checks found."""
 
     variant: str
-    runs: int
+    seeds: list[int]
+    level: str  # batches of one level (a round, or a knee size) are compared
     records: list[dict[str, Any]] = field(default_factory=list)
     wall: float = 0.0
     load_before: float = 0.0
@@ -416,8 +213,10 @@ class Batch:
     planned_outcomes: int = 0
     task_runs: int = 0
     task_runs_final: int = 0
-    events_dropped: int = 0
+    messages_dropped: int = 0
+    lost_streams: int = 0
     pool_timeouts: int = 0
+    reports_inexact: int = 0
     prefect_findings: list[str] = field(default_factory=list)
     planned_task_runs: int = 0
     task_runs_lag: float | None = None
@@ -436,6 +235,19 @@ class Batch:
 
     def fail(self, message: str) -> None:
         self.failures.append(f"{self.variant}: {message}")
+
+    @property
+    def runs(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def runs_per_minute(self) -> float:
+        return self.runs / self.wall * 60 if self.wall else float("nan")
+
+    @property
+    def task_runs_missing(self) -> int:
+        """Planned task runs Prefect has no final record of."""
+        return self.planned_task_runs - self.task_runs_final
 
 
 def _peak_overlap(intervals: list[tuple[float, float]]) -> int:
@@ -458,21 +270,23 @@ def _read_all(read: Any, page: int = 200) -> list[Any]:
 
 
 def run_batch(
-    server: Any,
+    target: Target,
     variant: str,
     seeds: list[int],
+    level: str,
     tag: str,
     args: argparse.Namespace,
     work_dir: Path,
 ) -> Batch:
     """Start the drivers, release them at once, wait, and collect their records."""
-    batch = Batch(variant, len(seeds))
+    server = target.server
+    batch = Batch(variant, seeds, level)
     directory = Path(tempfile.mkdtemp(prefix=f"{tag}-", dir=work_dir))
-    log_offset = server.log.stat().st_size  # the server's log from here on is this batch's
+    log_sizes = target.log_sizes()  # the servers' logs from here on are this batch's
     go = directory / "go"
     shares = [seeds[p :: args.processes] for p in range(args.processes)]
     shares = [share for share in shares if share]
-    threads = math.ceil(args.concurrency / len(shares))
+    threads = math.ceil(min(args.concurrency, len(seeds)) / len(shares))
     drivers = []
     for p, share in enumerate(shares):
         command = [
@@ -539,7 +353,11 @@ def run_batch(
             r["started"] for r in batch.records
         )
     batch.records.sort(key=lambda r: r["seed"])
-    check_batch(server, batch, tag, seeds, args, log_offset)
+    check_batch(server, batch, tag, seeds, args)
+    logged = target.logged_since(log_sizes)
+    batch.messages_dropped = count_dropped(logged)
+    batch.lost_streams = logged.count(LOST_STREAM)
+    batch.pool_timeouts = logged.count("QueuePool limit")
     return batch
 
 
@@ -556,7 +374,6 @@ def check_batch(
     tag: str,
     seeds: list[int],
     args: argparse.Namespace,
-    log_offset: int,
 ) -> None:
     """Read the batch back from the server and compare every run with its plan."""
     from prefect.client.orchestration import get_client
@@ -607,10 +424,6 @@ def check_batch(
             f" task runs, {batch.task_runs_final} in a final state; the counts stopped"
             f" moving {now - last_change:.0f}s before the check ended ({now - started:.0f}s)"
         )
-    log = server.log.read_bytes()[log_offset:].decode(errors="replace")
-    batch.events_dropped = log.count("Subscription queue is full, dropping message")
-    batch.pool_timeouts = log.count("QueuePool limit")
-
     run_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]))
     with get_client(sync_client=True) as client:
         flow_runs = _read_all(
@@ -663,26 +476,29 @@ def check_batch(
         state = run.state
         name = state.name if state else "no state"
         batch.states[name] += 1
-        resilient_variant = batch.variant.startswith("resilient")
+        resilient_variant = batch.variant == "resilient"
         want = expected.final if resilient_variant else "Completed"
         want_type = "FAILED" if want == "Failed" else "COMPLETED"
         if state is None or state.type.value != want_type or name != want:
             batch.fail(f"seed {seed}: final state {name}, expected {want}")
-        if resilient_variant:
-            check_report(batch, seed, expected, reports.get(str(run.id), []))
+        if resilient_variant and not check_report(
+            batch, seed, expected, reports.get(str(run.id), [])
+        ):
+            batch.reports_inexact += 1
     missing = sorted(set(seeds) - seen_seeds)
     if missing:
         batch.fail(f"no flow run on the server for seeds {missing[:10]}")
-    if batch.variant.startswith("resilient") and batch.reports != batch.server_runs:
+    if batch.variant == "resilient" and batch.reports != batch.server_runs:
         batch.fail(f"{batch.reports} reports for {batch.server_runs} flow runs")
 
 
-def check_report(batch: Batch, seed: int, expected: Plan, reports: list[Any]) -> None:
+def check_report(batch: Batch, seed: int, expected: Plan, reports: list[Any]) -> bool:
     """One report per run; its steps, statuses, attempts, status and rule as planned."""
+    failures = len(batch.failures)
     if len(reports) != 1:
         batch.fail(f"seed {seed}: {len(reports)} reports")
         if not reports:
-            return
+            return False
     report = reports[0]
     batch.step_outcomes += len(report.steps)
     if len(report.steps) != expected.reached:
@@ -707,6 +523,7 @@ def check_report(batch: Batch, seed: int, expected: Plan, reports: list[Any]) ->
     rule = report.health.stopped_by.value if report.health.stopped_by else None
     if rule != expected.rule:
         batch.fail(f"seed {seed}: stopped by {rule}, planned {expected.rule}")
+    return len(batch.failures) == failures
 
 
 def _match(got: list[tuple[str, str, int | None]], want: list[tuple[str, str, int]]) -> bool:
@@ -735,22 +552,28 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def _rounds(args: argparse.Namespace) -> Iterator[str]:
-    """ABBA: the variants in order in odd rounds, in reverse in even ones."""
+def _levels(args: argparse.Namespace) -> Iterator[tuple[str, int, list[str]]]:
+    """(level, runs, variants in order): ABBA rounds at --runs, then one pair per knee size."""
+    variants = ["plain", "resilient"]
     for r in range(args.rounds):
-        yield from (args.variants if r % 2 == 0 else reversed(args.variants))
+        yield f"round {r + 1}", args.runs, variants if r % 2 == 0 else variants[::-1]
+    for k, runs in enumerate(args.knee):
+        yield f"{runs} runs", runs, variants if (args.rounds + k) % 2 == 0 else variants[::-1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--topology", choices=["postgres", "redis"], default="postgres")
     parser.add_argument("--runs", type=int, default=200, help="flow runs per batch")
-    parser.add_argument("--concurrency", type=int, help="runs in flight at once (default: runs)")
+    parser.add_argument(
+        "--concurrency", type=int, help="most runs in flight at once (default: all)"
+    )
     parser.add_argument("--processes", type=int, default=4, help="driver processes per batch")
     parser.add_argument("--rounds", type=int, default=2, help="batches per variant (ABBA)")
     parser.add_argument(
-        "--variants",
-        default="plain,resilient,resilient-nowait",
-        help=f"comma-separated, in the order of the first round; of {sorted(FLOWS)}",
+        "--knee",
+        default="",
+        help="comma-separated larger batch sizes, one batch per variant each, to find the knee",
     )
     parser.add_argument("--pause", type=float, default=0.1, help="seconds each step sleeps")
     parser.add_argument("--seed", type=int, default=8000, help="base of the per-run seeds")
@@ -775,153 +598,82 @@ def main() -> None:
     if args.command == "driver":
         drive(args)
         return
-    args.concurrency = args.concurrency or args.runs
-    args.variants = args.variants.split(",")
-    unknown = set(args.variants) - set(FLOWS)
-    if unknown:
-        parser.error(f"unknown variants {sorted(unknown)}; known: {sorted(FLOWS)}")
-
-    from tests.servers import postgres_bin_dir, postgres_cluster, prefect_server
+    args.concurrency = args.concurrency or max([args.runs, *_sizes(args.knee)])
+    args.knee = _sizes(args.knee)
 
     plans = [plan(args.seed * 1000 + r) for r in range(args.runs)]
     finals = Counter(p.final for p in plans)
-    print(f"planned final states per batch: {dict(finals)}")
+    print(f"planned final states per batch of {args.runs}: {dict(finals)}")
     batches: list[Batch] = []
     started = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="load-bench-") as work_dir,
-        postgres_cluster() as pg,
-        prefect_server(pg.url) as server,
-        server.settings(),
+        serving(args.topology) as target,
+        target.server.settings(),
     ):
-        version = server.request("GET", "/admin/version")
-        pg_version = subprocess.run(
-            [str(Path(str(postgres_bin_dir())) / "postgres"), "--version"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        for number, variant in enumerate(_rounds(args)):
-            # the same seeds in every batch: each variant sees the same draws
-            seeds = [args.seed * 1000 + r for r in range(args.runs)]
-            tag = f"load-{number + 1}-{variant}"
-            batch = run_batch(server, variant, seeds, tag, args, Path(work_dir))
-            batches.append(batch)
-            print(
-                f"batch {number + 1} {variant}: {batch.server_runs} runs in {batch.wall:.1f}s,"
-                f" peak {batch.peak_server} at once, {len(batch.failures)} check failures"
-            )
+        for level, runs, variants in _levels(args):
+            for variant in variants:
+                # the same seeds in every batch of a size: each variant sees the same draws
+                seeds = [args.seed * 1000 + r for r in range(runs)]
+                tag = f"load-{len(batches) + 1}-{variant}"
+                batch = run_batch(target, variant, seeds, level, tag, args, Path(work_dir))
+                batches.append(batch)
+                print(
+                    f"batch {len(batches)} {variant} ({level}): {batch.server_runs} runs in"
+                    f" {batch.wall:.1f}s, peak {batch.peak_server} at once,"
+                    f" {len(batch.failures)} check failures"
+                )
     total = time.monotonic() - started
-    versions = f"Prefect server {version}, {pg_version}"
-    report(args, batches, finals, plans, total, versions)
+    report(args, target, batches, finals, plans, total)
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(n) for n in text.split(",") if n.strip()]
+
+
+def load_lines(target: Target, batches: list[Batch]) -> list[str]:
+    """One line per resilient batch, its throughput against the plain batch of its level."""
+    where = "redis topology" if target.topology == "redis" else "one server on PostgreSQL"
+    lines = []
+    for b in batches:
+        plain = [p for p in batches if p.variant == "plain" and p.level == b.level]
+        if b.variant != "resilient" or not plain:
+            continue
+        lines.append(
+            f"load on {where}: {b.runs} runs, {b.messages_dropped} dropped messages,"
+            f" {b.task_runs_missing} task runs missing, {b.reports_inexact} reports inexact,"
+            f" throughput ratio {b.runs_per_minute / plain[0].runs_per_minute:.2f}"
+        )
+    return lines
+
+
+def knee(levels: list[tuple[int, float]]) -> int | None:
+    """The batch size after which throughput grew by less than 5%; None: still growing."""
+    for (size, rate), (_, next_rate) in zip(levels, levels[1:], strict=False):
+        if next_rate < rate * 1.05:
+            return size
+    return None
 
 
 def report(
     args: argparse.Namespace,
+    target: Target,
     batches: list[Batch],
     finals: Counter[str],
     plans: list[Plan],
     total: float,
-    versions: str,
 ) -> None:
-    columns = [
-        "batch",
-        "variant",
-        "runs launched / on server",
-        "peak runs at once (server)",
-        "wall s",
-        "runs/min",
-        "steps/s",
-        "task runs/s",
-        "median run s (client / server)",
-        "final states",
-        "reports / step outcomes",
-        "task runs recorded (final) / planned",
-        "recorded after s",
-        "events dropped by the server",
-        "check failures",
-        "load avg before",
-    ]
-    rows = []
-    for number, b in enumerate(batches, 1):
-        steps = sum(plan.reached for plan in plans)  # planned step outcomes per batch
-        rows.append(
-            [
-                str(number),
-                b.variant,
-                f"{b.runs} / {b.server_runs}",
-                str(b.peak_server),
-                f"{b.wall:.1f}",
-                f"{b.runs / b.wall * 60:.0f}" if b.wall else "n/a",
-                f"{steps / b.wall:.1f}" if b.wall else "n/a",
-                f"{b.task_runs / b.wall:.1f}" if b.wall else "n/a",
-                f"{_median(b.client_seconds):.1f} / {_median(b.server_seconds):.1f}",
-                ", ".join(f"{k} {v}" for k, v in sorted(b.states.items())),
-                f"{b.reports} / {b.step_outcomes}" if b.variant != "plain" else "-",
-                f"{b.task_runs} ({b.task_runs_final}) / {b.planned_task_runs}",
-                f"{b.task_runs_lag:.1f}" if b.task_runs_lag is not None else "never",
-                f"{b.events_dropped:,}",
-                str(len(b.failures)),
-                f"{b.load_before:.2f}",
-            ]
-        )
-    title = f"{args.runs} runs x {STEPS} steps per batch, concurrency {args.concurrency}"
-    show(title, columns, rows)
-
-    def by(variant: str) -> list[Batch]:
-        return [b for b in batches if b.variant == variant]
-
-    terminations = sum(p.rule is not None for p in plans)
-    report_columns = [
-        "batch",
-        "reports / runs",
-        "step outcomes / planned",
-        "attempts unknown: steps (reports)",
-        "end-of-run wait for Prefect's records s: median / max",
-        "report publish s: median / max",
-        "terminations logged / planned",
-        "package warnings",
-    ]
-    report_rows = []
-    for number, b in enumerate(batches, 1):
-        if b.variant == "plain":
-            continue
-        wait, publish = b.timings.get("with_run_details", []), b.timings.get("publish_or_keep", [])
-        report_rows.append(
-            [
-                str(number),
-                f"{b.reports} / {b.server_runs}",
-                f"{b.step_outcomes} / {b.planned_outcomes}",
-                f"{b.attempts_unknown} ({b.reports_with_unknown})",
-                f"{_median(wait):.2f} / {max(wait, default=float('nan')):.2f}",
-                f"{_median(publish):.2f} / {max(publish, default=float('nan')):.2f}",
-                f"{b.errors_logged} / {terminations}",
-                str(sum(b.warnings.values())),
-            ]
-        )
-    if report_rows:
-        show("resilient batches: reports", report_columns, report_rows)
-    ratio_columns = ["measure"] + [f"{v} / plain" for v in args.variants if v != "plain"]
-    ratio_rows: list[list[str]] = []
-    plain_batches = by("plain")
-    others = [by(v) for v in args.variants if v != "plain"]
-    if plain_batches and others:
-        measures: list[tuple[str, Any]] = [
-            ("batch wall time", lambda bs: _median([b.wall for b in bs])),
-            (
-                "median flow run, client (run_flow call)",
-                lambda bs: _median([x for b in bs for x in b.client_seconds]),
-            ),
-            (
-                "median flow run, server (start to end time)",
-                lambda bs: _median([x for b in bs for x in b.server_seconds]),
-            ),
-        ]
-        for label, measure in measures:
-            base = measure(plain_batches)
-            ratio_rows.append([label] + [f"{measure(bs) / base:.2f}" for bs in others])
-        show("against plain Prefect, same server, same seeds", ratio_columns, ratio_rows)
+    tables = [_batch_table(batches), _report_table(batches), _ratio_table(batches)]
+    tables.append(_knee_table(batches))
+    titles = ["batches", "resilient batches: reports", "against plain Prefect", "by batch size"]
+    for title, (columns, rows) in zip(titles, tables, strict=True):
+        if rows:
+            show(title, columns, rows)
+    lines = load_lines(target, batches)
     failures = [f for b in batches for f in b.failures]
     findings = [f for b in batches for f in b.prefect_findings]
+    for line in lines:
+        print(line)
     for finding in findings:
         print("PREFECT", finding)
     for failure in failures:
@@ -932,111 +684,258 @@ def report(
     for line, count in warnings.most_common(10):
         print(f"WARNING x{count}: {line}")
     print(f"total {total:.0f}s; {len(failures)} check failures")
-
     if not args.no_write:
-        tables = [(columns, rows), (report_columns, report_rows), (ratio_columns, ratio_rows)]
-        write_docs(args, batches, finals, plans, tables, failures, findings, warnings, versions)
-        print("wrote docs/benchmarks.md (section load)")
+        body = _docs_body(args, target, batches, finals, plans, tables, lines)
+        body += _docs_findings(failures, findings, warnings)
+        key, title = (
+            ("load-redis", "Load on Prefect's production topology (Redis, 2 API servers)")
+            if target.topology == "redis"
+            else ("load", "Load: concurrent resilient runs on PostgreSQL")
+        )
+        write_section(key, title, _command(args), body)
+        print(f"wrote docs/benchmarks.md (section {key})")
     if failures:
         sys.exit(1)
 
 
-def write_docs(
+Table = tuple[list[str], list[list[str]]]
+
+
+def _batch_table(batches: list[Batch]) -> Table:
+    columns = [
+        "batch",
+        "variant (level)",
+        "runs launched / on server",
+        "peak runs at once (server)",
+        "wall s",
+        "runs/min",
+        "task runs/s",
+        "median run s (client / server)",
+        "final states",
+        "task runs recorded (final) / planned",
+        "recorded after s",
+        "messages dropped (servers' logs)",
+        "check failures",
+        "load avg before",
+    ]
+    rows = [
+        [
+            str(number),
+            f"{b.variant} ({b.level})",
+            f"{b.runs} / {b.server_runs}",
+            str(b.peak_server),
+            f"{b.wall:.1f}",
+            f"{b.runs_per_minute:.0f}",
+            f"{b.task_runs / b.wall:.1f}" if b.wall else "n/a",
+            f"{_median(b.client_seconds):.1f} / {_median(b.server_seconds):.1f}",
+            ", ".join(f"{k} {v}" for k, v in sorted(b.states.items())),
+            f"{b.task_runs} ({b.task_runs_final}) / {b.planned_task_runs}",
+            f"{b.task_runs_lag:.1f}" if b.task_runs_lag is not None else "never",
+            f"{b.messages_dropped:,}"
+            + (f" ({b.lost_streams} streams lost)" * bool(b.lost_streams)),
+            str(len(b.failures)),
+            f"{b.load_before:.2f}",
+        ]
+        for number, b in enumerate(batches, 1)
+    ]
+    return columns, rows
+
+
+def _report_table(batches: list[Batch]) -> Table:
+    columns = [
+        "batch",
+        "reports / runs",
+        "reports inexact",
+        "step outcomes / planned",
+        "attempts unknown: steps (reports)",
+        "report publish s: median / max",
+        "terminations logged / planned",
+        "package warnings",
+    ]
+    rows = []
+    for number, b in enumerate(batches, 1):
+        if b.variant != "resilient":
+            continue
+        publish = b.timings.get("publish_or_keep", [])
+        terminations = sum(plan(s).rule is not None for s in b.seeds)
+        rows.append(
+            [
+                str(number),
+                f"{b.reports} / {b.server_runs}",
+                str(b.reports_inexact),
+                f"{b.step_outcomes} / {b.planned_outcomes}",
+                f"{b.attempts_unknown} ({b.reports_with_unknown})",
+                f"{_median(publish):.2f} / {max(publish, default=float('nan')):.2f}",
+                f"{b.errors_logged} / {terminations}",
+                str(sum(b.warnings.values())),
+            ]
+        )
+    return columns, rows
+
+
+def _ratio_table(batches: list[Batch]) -> Table:
+    """Resilient against plain at the --runs size (the rounds), medians over batches."""
+    rounds = [b for b in batches if b.level.startswith("round")]
+    plain = [b for b in rounds if b.variant == "plain"]
+    resilient = [b for b in rounds if b.variant == "resilient"]
+    if not plain or not resilient:
+        return ["measure", "resilient / plain"], []
+    measures: list[tuple[str, Callable[[list[Batch]], float]]] = [
+        ("throughput (runs/min)", lambda bs: _median([b.runs_per_minute for b in bs])),
+        ("batch wall time", lambda bs: _median([b.wall for b in bs])),
+        (
+            "median flow run, client (run_flow call)",
+            lambda bs: _median([x for b in bs for x in b.client_seconds]),
+        ),
+        (
+            "median flow run, server (start to end time)",
+            lambda bs: _median([x for b in bs for x in b.server_seconds]),
+        ),
+    ]
+    rows = [[label, f"{m(resilient) / m(plain):.2f}"] for label, m in measures]
+    return ["measure", "resilient / plain"], rows
+
+
+def _knee_table(batches: list[Batch]) -> Table:
+    """Throughput by batch size (all runs started together), plain and resilient."""
+    columns = ["runs at once", "plain runs/min", "resilient runs/min", "ratio", "check failures"]
+    sizes = sorted({b.runs for b in batches})
+    if len(sizes) < 2:
+        return columns, []
+    rows = []
+    for size in sizes:
+        rate = {
+            v: _median([b.runs_per_minute for b in batches if b.runs == size and b.variant == v])
+            for v in ("plain", "resilient")
+        }
+        failures = sum(len(b.failures) for b in batches if b.runs == size)
+        rows.append(
+            [
+                str(size),
+                f"{rate['plain']:.0f}",
+                f"{rate['resilient']:.0f}",
+                f"{rate['resilient'] / rate['plain']:.2f}",
+                str(failures),
+            ]
+        )
+    return columns, rows
+
+
+def _command(args: argparse.Namespace) -> str:
+    command = (
+        f"cd bench && ../.venv/bin/python load.py --topology {args.topology} --runs {args.runs}"
+        f" --processes {args.processes} --rounds {args.rounds} --pause {args.pause}"
+        f" --seed {args.seed}"
+    )
+    return command + (f" --knee {','.join(map(str, args.knee))}" if args.knee else "")
+
+
+def _docs_body(
     args: argparse.Namespace,
+    target: Target,
     batches: list[Batch],
     finals: Counter[str],
     plans: list[Plan],
-    tables: list[tuple[list[str], list[list[str]]]],
-    failures: list[str],
-    findings: list[str],
-    warnings: Counter[str],
-    versions: str,
-) -> None:
+    tables: list[Table],
+    lines: list[str],
+) -> str:
     rss = [x for b in batches for x in b.driver_rss_mb]
-    planned_steps = sum(p.reached for p in plans)
     processes = min(args.processes, args.runs)
-    threads = math.ceil(args.concurrency / processes)
-    (columns, rows), (report_columns, report_rows), (ratio_columns, ratio_rows) = tables
-    body = f"""{args.runs} flow runs of a {STEPS}-step flow per batch, started together,
-against `prefect server start` on a throwaway PostgreSQL cluster on localhost
-(`tests/servers.py`; {versions}). {processes} driver processes each run their share of a
-batch in up to {threads} threads, one flow run per thread
-(`prefect.flow_engine.run_flow`, what a worker's flow-run process runs), released at once
-after each driver has done one warm-up run. `peak runs at once` is the most flow runs
-Running at the same instant by the server's own start and end times. Variants, one batch
-each per round, in the order {", ".join(args.variants)} (reversed in even rounds;
-{args.rounds} round(s)), all with the same seeds, so all see the same injected failures:
-`resilient` is `@resilient_flow` with its default `report_wait` (10 s),
-`resilient-nowait` the same with `report_wait=0` (the report does not wait for Prefect's
-records of the task runs, so their attempts stay unknown), `plain` the same flow in plain
-Prefect.
+    where = (
+        "Prefect's production topology on localhost (`tests/topology.py`: PostgreSQL; Redis"
+        " for messaging, event ordering, lease storage and the docket; two"
+        " `prefect server start --no-services` API servers behind haproxy; one"
+        " `prefect server services start`)"
+        if target.topology == "redis"
+        else "`prefect server start` on a throwaway PostgreSQL cluster on localhost"
+        " (`tests/servers.py`)"
+    )
+    rates = [
+        (size, _median([b.runs_per_minute for b in batches if b.runs == size]))
+        for size in sorted({b.runs for b in batches})
+    ]
+    found = knee(rates)
+    knee_text = (
+        f"Throughput stopped growing past {found} runs at once (the next size added less"
+        " than 5%): that is the knee on this machine."
+        if found
+        else "Throughput still grew at the largest size tried: the knee is beyond it."
+    )
+    (batch_table, report_table, ratio_table, knee_table) = tables
+    return f"""{args.runs} flow runs of a {STEPS}-step flow per batch, started together, against
+{where}; {target.versions}. {processes} driver processes each run their share of a batch
+in threads, one flow run per thread (`prefect.flow_engine.run_flow`, what a worker's
+flow-run process runs), released at once after each driver has done one warm-up run.
+`peak runs at once` is the most flow runs Running at the same instant by the server's own
+start and end times. Plain and resilient batches alternate, ABBA over {args.rounds}
+round(s), all with the same seeds, so both see the same injected failures: `resilient`
+is the flow as `@resilient_flow`, `plain` the same flow in plain Prefect.
 
 Steps 0-4 and 15-19 are called directly, 5-9 `.submit()`ted, 10-14 are one task
 `.map()`ped (`ThreadPoolTaskRunner(max_workers={TASK_RUNNER_WORKERS})`); each sleeps
 {args.pause} s. Policies: 0 and 15 `fail_fast`, critical; 4 `partial_success`, critical;
 `continue` 1, 5, 8, 16, 19; `partial_success` 2, 6, 9, 18; `graceful_degradation` with a
 fallback task 3, 7, 10-14, 17. Workflow policy `max_partial_failures={MAX_PARTIAL_FAILURES}`,
-`critical_step_ratio={CRITICAL_STEP_RATIO}`; every step `retries={RETRIES}`, no delay. For each
-(run seed, step) a pure function of the seed makes the step fail every attempt
+`critical_step_ratio={CRITICAL_STEP_RATIO}`; every step `retries={RETRIES}`, no delay. For
+each (run seed, step) a pure function of the seed makes the step fail every attempt
 ({FAILURES["permanent"]:.0%}), fail its first attempt only ({FAILURES["transient"]:.0%}) or
 succeed; a fallback fails with probability {FAILURES["fallback"]:.0%}. From the draws, each
 run's steps (name, status, attempts), fallback task runs, termination rule and final state
-are worked out beforehand, independently of the package (`plan()` in the script): per batch
-{", ".join(f"{k} {v}" for k, v in sorted(finals.items()))}, {planned_steps} step outcomes. A
-terminated run stops after the step that fired a rule, or after the submitted or mapped
-phase in which one fired, so its report has that many outcomes, not {STEPS}. The plain flow
-runs the same steps, calls the same fallback by hand when a step failed for good, catches
-every failure, stops where the resilient run is planned to stop, and ends `Completed`.
+are worked out beforehand, independently of the package (`plan()` in `load_flows.py`):
+per batch of {args.runs} {", ".join(f"{k} {v}" for k, v in sorted(finals.items()))},
+{sum(p.reached for p in plans)} step outcomes. The plain flow runs the same steps, calls the
+same fallback by hand when a step failed for good, catches every failure, stops where the
+resilient run is planned to stop, and ends `Completed`.
 
 Checked after each batch, read back from the server (a mismatch fails the benchmark):
 flow runs on the server = runs launched; each final state as planned (plain:
-`Completed`); for the resilient flows one report per run (reports = flow runs), each
-report's steps, statuses, attempts, status and termination rule as planned; no report kept
-locally and no step journal left. A step whose attempts the report does not know (Prefect
-had not recorded its task run when `report_wait` ran out) is matched on its status alone
-(a recovered step then reads `succeeded`), and counted.
+`Completed`); for the resilient flow one report per run, each report's steps, statuses,
+attempts, status and termination rule as planned (a report that differs in any of these
+is *inexact*); no report kept locally and no step journal left.
 
-Also read, as a finding about Prefect rather than a check of the package: how many of the
-planned task runs (primary and fallback) Prefect recorded, and how many in a final state.
-Prefect 3 records task runs from the events the flow processes send; `recorded after s` is
-the time from the batch's end until all were recorded in a final state ("never": the
-counts stopped moving, after {args.record_settle:.0f} s unchanged, short of the plan).
-`events dropped by the server` counts the server's log lines `Subscription queue is full,
-dropping message for topic='events'` during the batch and its checks: the server's
-in-memory message broker (the default; `prefect.server.utilities.messaging.memory`) gives
-each of its event consumers a queue of 10,000 messages, and drops what does not fit.
+Also read, as findings about Prefect rather than checks of the package: how many of the
+planned task runs (primary and fallback) Prefect recorded in a final state (the rest are
+*missing*), waiting until the counts stop moving for {args.record_settle:.0f} s; and how
+many messages the servers' logs say were dropped (the in-memory broker's `Subscription
+queue is full, dropping message`; the event services' `dropping N events` after their
+write retries; with Redis, `Failed to read from stream` counts streams lost, not messages).
 
-{markdown_table(columns, rows)}
+{(chr(10) * 2).join(lines)}
 
-{markdown_table(report_columns, report_rows) if report_rows else ""}
+{markdown_table(*batch_table)}
 
-`end-of-run wait` is `with_run_details` at the end of each resilient run (it waits up to
-`report_wait` for Prefect to record the run's task runs, to read their attempts);
-`report publish` is the writing of its three artifacts; both timed in the drivers by a
+{markdown_table(*report_table) if report_table[1] else ""}
+
+`report publish` is the writing of a report's three artifacts, timed in the drivers by a
 wrapper that calls straight through.
 
-Against plain Prefect, same server, same seeds (medians over batches and runs):
+Resilient against plain Prefect at {args.runs} runs, same servers, same seeds (medians over
+batches and runs); the goal is within 5% (a ratio of at least 0.95 for throughput, at
+most 1.05 for times):
 
-{markdown_table(ratio_columns, ratio_rows) if ratio_rows else "(no plain batch)"}
+{markdown_table(*ratio_table) if ratio_table[1] else "(no plain batch)"}
+
+{markdown_table(*knee_table) if knee_table[1] else ""}
+
+{knee_text if knee_table[1] else ""}
 
 Driver processes peaked at {min(rss, default=0):.0f}-{max(rss, default=0):.0f} MB resident
-each. The server's database pool (SQLAlchemy, Prefect's default 5 + 10 overflow) timed out
-{sum(b.pool_timeouts for b in batches)} time(s). Check failures: {len(failures)}.
+each. The servers' database pools (SQLAlchemy, Prefect's default 5 + 10 overflow) timed out
+{sum(b.pool_timeouts for b in batches)} time(s).
 """
+
+
+def _docs_findings(failures: list[str], findings: list[str], warnings: Counter[str]) -> str:
+    text = f"\nCheck failures: {len(failures)}.\n"
     if failures:
-        body += "\n" + "\n".join(f"- {f}" for f in failures[:20]) + "\n"
+        text += "\n" + "\n".join(f"- {f}" for f in failures[:20]) + "\n"
     if findings:
-        body += "\nPrefect's records:\n\n" + "\n".join(f"- {f}" for f in findings) + "\n"
+        text += "\nPrefect's records:\n\n" + "\n".join(f"- {f}" for f in findings) + "\n"
     if warnings:
-        body += "\nWarnings about reports or records in the drivers' logs:\n\n" + "\n".join(
+        text += "\nWarnings about reports or records in the drivers' logs:\n\n" + "\n".join(
             f"- {count} x `{line}`" for line, count in warnings.most_common(8)
         )
-    command = (
-        f"cd bench && ../.venv/bin/python load.py --runs {args.runs}"
-        f" --concurrency {args.concurrency} --processes {args.processes}"
-        f" --rounds {args.rounds} --pause {args.pause} --seed {args.seed}"
-    )
-    write_section("load", "Load: concurrent resilient runs on PostgreSQL", command, body)
+    return text
 
 
 if __name__ == "__main__":

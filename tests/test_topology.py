@@ -118,20 +118,25 @@ def _check(seed: int, flow_run_id: UUID, outcome: Outcome) -> None:
         )
 
 
-def _missing_task_runs(flow_run_ids: list[UUID], settle: float = 60) -> int:
-    """Task runs Prefect has not recorded in a final state, once its counts stop moving."""
+def _missing_task_runs(flow_run_ids: list[UUID], still: float = 15, most: float = 60) -> int:
+    """Task runs Prefect has not recorded in a final state, once its count has not moved
+    for `still` seconds (events it lost never arrive), or after `most`."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     wanted = STEPS * len(flow_run_ids)
-    deadline = time.monotonic() + settle
+    started = moved = time.monotonic()
+    last = -1
     with get_client(sync_client=True) as client:
         while True:
             task_runs = client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)), limit=200
             )
             final = sum(t.state is not None and t.state.is_final() for t in task_runs)
-            if final >= wanted or time.monotonic() > deadline:
+            now = time.monotonic()
+            if final != last:
+                last, moved = final, now
+            if final >= wanted or now - moved > still or now - started > most:
                 return wanted - final
             time.sleep(1)
 

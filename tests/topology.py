@@ -69,6 +69,11 @@ _DROPPED = re.compile(
 LOST_STREAM = "Failed to read from stream"
 
 
+def count_dropped(log: str) -> int:
+    """Messages a Prefect server's log says it dropped: each count it gives, summed."""
+    return sum(int(m["events"] or m["flushed"] or 1) for m in _DROPPED.finditer(log))
+
+
 # --- Redis ---------------------------------------------------------------------------------
 
 
@@ -245,11 +250,7 @@ class Topology:
 
     def dropped_messages(self) -> int:
         """Messages the server-side logs say were dropped (each count they give, summed)."""
-        dropped = 0
-        for text in self._log_texts():
-            for found in _DROPPED.finditer(text):
-                dropped += int(found["events"] or found["flushed"] or 1)
-        return dropped
+        return sum(count_dropped(text) for text in self._log_texts())
 
     def lost_streams(self) -> int:
         """Times a consumer found its Redis stream gone (messages lost, uncounted)."""
