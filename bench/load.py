@@ -30,6 +30,7 @@ import json
 import math
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -93,13 +94,13 @@ class Target:
 
 
 @contextlib.contextmanager
-def serving(topology: str) -> Iterator[Target]:
+def serving(topology: str, work_dir: Path) -> Iterator[Target]:
     """Start the servers of `topology` with throwaway data; stop them all on the way out."""
     from tests.servers import postgres_bin_dir, postgres_cluster, prefect_server
     from tests.topology import topology as production_topology
 
     if topology == "redis":
-        with production_topology(api_servers=2) as top:
+        with production_topology(api_servers=2, home=work_dir / "topology") as top:
             target = Target(topology, top.server, top.logs)
             redis = _version(["redis-server", "--version"]).split(" v=")[-1].split()[0]
             target.versions = f"Redis {redis}, 2 API servers behind haproxy"
@@ -588,6 +589,7 @@ def main() -> None:
     )
     parser.add_argument("--batch-timeout", type=float, default=900)
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    parser.add_argument("--keep", help="keep the drivers' and servers' logs in this directory")
     sub = parser.add_subparsers(dest="command")
     drv = sub.add_parser("driver", help="(internal) run a share of one batch")
     for name in ("variant", "seeds", "tag", "ready", "go", "out"):
@@ -598,6 +600,8 @@ def main() -> None:
     if args.command == "driver":
         drive(args)
         return
+    # a SIGTERM unwinds like Ctrl-C, so the servers started here are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.concurrency = args.concurrency or max([args.runs, *_sizes(args.knee)])
     args.knee = _sizes(args.knee)
 
@@ -607,8 +611,8 @@ def main() -> None:
     batches: list[Batch] = []
     started = time.monotonic()
     with (
-        tempfile.TemporaryDirectory(prefix="load-bench-") as work_dir,
-        serving(args.topology) as target,
+        _work_dir(args.keep) as work_dir,
+        serving(args.topology, work_dir) as target,
         target.server.settings(),
     ):
         for level, runs, variants in _levels(args):
@@ -616,7 +620,7 @@ def main() -> None:
                 # the same seeds in every batch of a size: each variant sees the same draws
                 seeds = [args.seed * 1000 + r for r in range(runs)]
                 tag = f"load-{len(batches) + 1}-{variant}"
-                batch = run_batch(target, variant, seeds, level, tag, args, Path(work_dir))
+                batch = run_batch(target, variant, seeds, level, tag, args, work_dir)
                 batches.append(batch)
                 print(
                     f"batch {len(batches)} {variant} ({level}): {batch.server_runs} runs in"
@@ -625,6 +629,17 @@ def main() -> None:
                 )
     total = time.monotonic() - started
     report(args, target, batches, finals, plans, total)
+
+
+@contextlib.contextmanager
+def _work_dir(keep: str | None) -> Iterator[Path]:
+    """The batches' files (drivers' logs, and the topology's servers' logs): kept in `keep`."""
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        yield Path(keep)
+        return
+    with tempfile.TemporaryDirectory(prefix="load-bench-") as work_dir:
+        yield Path(work_dir)
 
 
 def _sizes(text: str) -> list[int]:

@@ -20,6 +20,7 @@ import os
 import re
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -340,9 +341,10 @@ def publish(report: PartialSuccessResult) -> None:
             **common,
         ),
     ]
-    with get_client(sync_client=True) as client:
-        for artifact in artifacts:
-            create_riding_through(client, artifact)
+    # at once: a run's ending waits for its report, so for one round trip, not three (in a
+    # run, get_client gives the run's own client, shared by the threads)
+    with get_client(sync_client=True) as client, ThreadPoolExecutor(len(artifacts)) as pool:
+        list(pool.map(lambda artifact: create_riding_through(client, artifact), artifacts))
 
 
 # Pauses before writing an artifact again after the API failed it for a moment. Prefect's

@@ -67,6 +67,8 @@ _DROPPED = re.compile(
 # prefect-redis could not read a stream (after a Redis restart its consumer groups are
 # gone): what the stream held then is lost, but the server logs no count
 LOST_STREAM = "Failed to read from stream"
+EVENT_BATCH = 100  # messages the event services read and write at once
+DB_POOL = 20  # connections per server process, and as many again in overflow
 
 
 def count_dropped(log: str) -> int:
@@ -223,6 +225,22 @@ def server_env(database_url: str, redis: RedisServer) -> dict[str, str]:
         "PREFECT_REDIS_MESSAGING_DB": "0",
         "PREFECT_SERVER_DOCKET_URL": redis.url(1),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # each server process's database pool (Prefect's default is 5 + 10 overflow: at 200
+        # runs at once requests waited 30 s for a connection and got a 500)
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": str(DB_POOL),
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_MAX_OVERFLOW": str(DB_POOL),
+        # the event consumers read (and the recorder writes) one message at a time by
+        # default: at 200 runs at once the task-run recorder then falls minutes behind
+        **{
+            f"PREFECT_SERVER_SERVICES_{service}_{setting}": str(EVENT_BATCH)
+            for service, setting in [
+                ("TASK_RUN_RECORDER", "READ_BATCH_SIZE"),
+                ("TASK_RUN_RECORDER", "BATCH_SIZE"),
+                ("EVENT_PERSISTER", "READ_BATCH_SIZE"),
+                ("EVENT_PERSISTER", "BATCH_SIZE"),
+                ("TRIGGERS", "READ_BATCH_SIZE"),
+            ]
+        },
     }
 
 
@@ -307,7 +325,9 @@ def topology(
     home.mkdir(parents=True, exist_ok=True)
     try:
         with contextlib.ExitStack() as stack:
-            pg = stack.enter_context(postgres_cluster())
+            # every server process may hold 2 * DB_POOL connections (Prefect's own default
+            # of 100 would run out at three)
+            pg = stack.enter_context(postgres_cluster(settings={"max_connections": "200"}))
             redis = stack.enter_context(redis_server())
             env = server_env(pg.url, redis)
             _migrate(home, env)
