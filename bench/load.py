@@ -458,10 +458,10 @@ def check_batch(
         )
     batch.reports = len(artifacts)
     home_pending = server.home / "prefect-resilience" / "pending"
-    batch.pending_files = len(
-        [p for p in home_pending.glob("*.json") if not p.name.startswith(".")]
-    )
-    batch.journals_left = len(list(home_pending.glob("*.steps.jsonl")))
+    ours = {str(r["flow_run_id"]) for r in batch.records if "flow_run_id" in r}
+    left = [p for p in home_pending.glob("*") if p.name.split(".")[0] in ours]
+    batch.pending_files = sum(not p.name.endswith(".steps.jsonl") for p in left)
+    batch.journals_left = len(left) - batch.pending_files
     if batch.pending_files or batch.journals_left:
         batch.fail(
             f"{batch.pending_files} reports kept locally, {batch.journals_left} step journals"

@@ -136,11 +136,10 @@ def report_of(run: Any) -> Any:
     from prefect.client.schemas.filters import (
         ArtifactFilter,
         ArtifactFilterFlowRunId,
-        ArtifactFilterKey,
+        ArtifactFilterType,
     )
 
     from prefect_resilience import get_report
-    from prefect_resilience.report import artifact_key
 
     report = get_report(run.id)
     assert report is not None, f"run {run.name} ({run.state.name}) has no resilience report"
@@ -148,7 +147,7 @@ def report_of(run: Any) -> Any:
     with get_client(sync_client=True) as client:
         markdown = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[artifact_key("report", report.flow_name)]),
+                type=ArtifactFilterType(any_=["markdown"]),
                 flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
             )
         )
