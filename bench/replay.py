@@ -51,8 +51,6 @@ sys.path.insert(0, str(BENCH))
 from _report import markdown_table, show, write_section  # noqa: E402
 from replay_workloads import WORKLOADS, Workload  # noqa: E402
 
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")  # failures are the point here
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 RUN_TAG = "replay-run:"  # a flow run's index, the key that pairs it with its baseline run
 
 
@@ -287,6 +285,8 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")  # failures are the point here
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="replay-home-"))
     from prefect.testing.utilities import prefect_test_harness
 

@@ -18,6 +18,7 @@ import getpass
 import json
 import re
 import socket
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -245,7 +246,7 @@ def record(name: str, document: dict[str, Any], note: str) -> PolicyVersion:
                 description=_description(name, guess, note),
             )
         )
-        number = _number_of(client, name, artifact.id)
+        number = _settled_number(client, name, artifact.id)
         if number != guess:  # another save landed at the same moment: the page says its place
             client.update_artifact(
                 artifact.id,
@@ -259,6 +260,19 @@ def record(name: str, document: dict[str, Any], note: str) -> PolicyVersion:
 
 def _description(name: str, number: int, note: str) -> str:
     return f"Resilience Policy `{name}` version {number}: {_one_line(note)}"
+
+
+def _settled_number(client: Any, name: str, artifact_id: Any, tries: int = 8) -> int:
+    """The version's place once two reads a moment apart agree: a save that started
+    earlier may commit after this one, and until then neither read sees it."""
+    number = _number_of(client, name, artifact_id)
+    for _ in range(tries):
+        time.sleep(0.25)
+        again = _number_of(client, name, artifact_id)
+        if again == number:
+            return number
+        number = again
+    return number
 
 
 def _number_of(client: Any, name: str, artifact_id: Any) -> int:

@@ -118,7 +118,7 @@ def _check(seed: int, flow_run_id: UUID, outcome: Outcome) -> None:
         )
 
 
-def _missing_task_runs(flow_run_ids: list[UUID], still: float = 15, most: float = 60) -> int:
+def _missing_task_runs(flow_run_ids: list[UUID], still: float = 30, most: float = 90) -> int:
     """Task runs Prefect has not recorded in a final state, once its count has not moved
     for `still` seconds (events it lost never arrive), or after `most`."""
     from prefect.client.orchestration import get_client
