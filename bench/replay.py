@@ -131,18 +131,16 @@ def paired_interval(
 
     b_index, a_index = _by_index(before), _by_index(after)
     common = sorted(set(b_index) & set(a_index))
-    b_ids = np.array([b_index[i] for i in common], dtype=object)
-    a_ids = np.array([a_index[i] for i in common], dtype=object)
+
+    def drawn(history: Any, index: dict[int, Any], r: int) -> dict[str, float]:
+        # replicate r's generator draws the same positions from both aligned id lists
+        ids = np.array([index[i] for i in common], dtype=object)
+        frames = [history.task_runs, history.flow_runs, history.reports]
+        return realised_metrics(*resample_runs(frames, ids, np.random.default_rng([r])))
+
     gains = []
     for r in range(count):
-        b = realised_metrics(
-            *resample_runs([before.task_runs, before.flow_runs, before.reports], b_ids,
-                           np.random.default_rng([r]))
-        )  # fmt: skip
-        a = realised_metrics(
-            *resample_runs([after.task_runs, after.flow_runs, after.reports], a_ids,
-                           np.random.default_rng([r]))
-        )  # fmt: skip
+        b, a = drawn(before, b_index, r), drawn(after, a_index, r)
         if b.get(metric):
             gains.append((b[metric] - a.get(metric, 0.0)) / b[metric])
     if not gains:
