@@ -23,7 +23,9 @@ _EXPORTS: dict[str, str] = {
     "ResiliencePolicy": "blocks",
     "FailureDecision": "decision",
     "decide": "decision",
+    "CircuitOpen": "errors",
     "ResilienceConfigError": "errors",
+    "RetryAfter": "errors",
     "UnknownFallbackError": "fallbacks",
     "allow_fallback_imports": "fallbacks",
     "register_fallback": "fallbacks",
@@ -38,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "TerminationRule": "health",
     "WorkflowHealth": "health",
     "Backoff": "policy",
+    "CircuitBreaker": "policy",
     "FailureAction": "policy",
     "FailureImpact": "policy",
     "FailurePolicy": "policy",
@@ -59,6 +62,8 @@ __all__ = [
     "__version__",
     "Backoff",
     "BusinessImpact",
+    "CircuitBreaker",
+    "CircuitOpen",
     "FailureAction",
     "FailureDecision",
     "FailureImpact",
@@ -70,6 +75,7 @@ __all__ = [
     "ResiliencePolicy",
     "ResilientFuture",
     "ResilientTask",
+    "RetryAfter",
     "RunStatus",
     "StepOutcome",
     "StepPolicy",
@@ -109,7 +115,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from prefect_resilience.blocks import ResiliencePolicy
     from prefect_resilience.decision import FailureDecision, decide
-    from prefect_resilience.errors import ResilienceConfigError
+    from prefect_resilience.errors import CircuitOpen, ResilienceConfigError, RetryAfter
     from prefect_resilience.fallbacks import (
         UnknownFallbackError,
         allow_fallback_imports,
@@ -127,6 +133,7 @@ if TYPE_CHECKING:
     from prefect_resilience.health import StepOutcome, StepStatus, TerminationRule, WorkflowHealth
     from prefect_resilience.policy import (
         Backoff,
+        CircuitBreaker,
         FailureAction,
         FailureImpact,
         FailurePolicy,

@@ -9,31 +9,34 @@ changes one fails there, by name, instead of somewhere deep in a run.
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from copy import copy
 from typing import Any, TypeVar
 
 from prefect import Task
 from prefect.futures import PrefectFuture
 from prefect.states import State
+from pydantic import BaseModel
 
 T = TypeVar("T")
 
 _ATTACHED = "_prefect_resilience_"
 
 
-def attach(state: State[Any], key: str, value: Any) -> None:
-    """Carry `value` under `key` on a state object, unseen by Prefect.
+def attach(model: BaseModel, key: str, value: Any) -> None:
+    """Carry `value` under `key` on a Prefect object (a state, a task run), unseen by Prefect.
 
-    A state is a pydantic model: a key in its `__dict__` that is no field is
-    kept by pickling (Dask and Ray ship the final state back that way) and by
-    `model_copy`, and left out of every dump, so it never reaches the API.
+    States and task runs are pydantic models: a key in their `__dict__` that is
+    no field is kept by pickling (Dask and Ray ship the final state back that
+    way) and by `model_copy`, and left out of every dump, so it never reaches
+    the API.
     """
-    state.__dict__[_ATTACHED + key] = value
+    model.__dict__[_ATTACHED + key] = value
 
 
-def attached(state: State[Any], key: str) -> Any:
-    """What `attach` put under `key` on this state (or the one it was copied from), or None."""
-    return state.__dict__.get(_ATTACHED + key)
+def attached(model: BaseModel, key: str) -> Any:
+    """What `attach` put under `key` on this object (or the one it was copied from), or None."""
+    return model.__dict__.get(_ATTACHED + key)
 
 
 def retyped(obj: Any, cls: type[T]) -> T:
@@ -116,3 +119,66 @@ def hide_hook_logs(hook_name: str) -> None:
     task_runs = logging.getLogger("prefect.task_runs")
     if not any(isinstance(f, _HideHook) and f.quoted == repr(hook_name) for f in task_runs.filters):
         task_runs.addFilter(_HideHook(hook_name))
+
+
+# --- a retry's wait, chosen by the retry condition --------------------------------------
+
+_NEXT_WAIT: ContextVar[tuple[Any, float] | None] = ContextVar(
+    "prefect_resilience_next_wait", default=None
+)
+
+
+def wait_next(task: Task[..., Any], task_run: Any, seconds: float | None) -> None:
+    """Make Prefect wait `seconds` (unjittered) before the retry it is about to schedule.
+
+    Prefect's task engine asks `retry_condition_fn(task, task_run, state)` and,
+    right after, in the same thread and context, reads `task.retry_delay_seconds`
+    and `task.retry_jitter_factor` to schedule the retry (`handle_retry`). Called
+    from the condition, this puts views in front of those two attributes that
+    answer `seconds` for this task run only (the task copy may be shared by the
+    task runs of one `.map()`); `None` leaves Prefect's own delay in force. The
+    retry stays Prefect's: `AwaitingRetry` until its scheduled time.
+    """
+    if seconds is not None:
+        if not isinstance(task.retry_delay_seconds, _Delays):
+            task.retry_delay_seconds = _Delays(task.retry_delay_seconds)
+        if task.retry_jitter_factor and not isinstance(task.retry_jitter_factor, _Jitter):
+            task.retry_jitter_factor = _Jitter(task.retry_jitter_factor)
+    _NEXT_WAIT.set((task_run.id, seconds) if seconds is not None else None)
+
+
+def _next_wait() -> float | None:
+    """The wait `wait_next` chose for the task run running in this context, if any."""
+    from prefect.context import TaskRunContext
+
+    chosen = _NEXT_WAIT.get()
+    context = TaskRunContext.get()
+    if chosen is None or context is None or context.task_run.id != chosen[0]:
+        return None
+    return chosen[1]
+
+
+class _Delays(list[float]):
+    """A task's retry delays, answering the chosen wait to the task run it was chosen for.
+
+    A list, as Prefect and its API take delays; its items are the delays given
+    (a number as one item), and it is as true or false as they were.
+    """
+
+    def __init__(self, given: Any) -> None:
+        super().__init__(given if isinstance(given, list) else [given or 0])
+        self.given = given
+
+    def __bool__(self) -> bool:
+        return _next_wait() is not None or bool(self.given)
+
+    def __getitem__(self, index: Any) -> Any:
+        chosen = _next_wait()
+        return chosen if chosen is not None else super().__getitem__(index)
+
+
+class _Jitter(float):
+    """A task's jitter factor, off for the task run whose wait was chosen (not to shorten it)."""
+
+    def __bool__(self) -> bool:
+        return _next_wait() is None and float(self) != 0

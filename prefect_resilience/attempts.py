@@ -21,10 +21,15 @@ from prefect_resilience._prefect import attach, attached, hide_hook_logs
 
 @dataclass(frozen=True)
 class EngineFacts:
-    """A task run as its engine ended it: attempts made and seconds spent running."""
+    """A task run as its engine ended it: attempts made and seconds spent running.
+
+    `no_retry` is why the step's retry condition refused a retry that Prefect
+    had left (None when it refused none).
+    """
 
     attempts: int
     seconds: float
+    no_retry: str | None = None
 
 
 class RecordAttempts:
@@ -36,9 +41,12 @@ class RecordAttempts:
     __name__ = "prefect_resilience.record_attempts"
 
     def __call__(self, task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> None:
-        attach(
-            state, "facts", EngineFacts(task_run.run_count, task_run.total_run_time.total_seconds())
+        facts = EngineFacts(
+            task_run.run_count,
+            task_run.total_run_time.total_seconds(),
+            attached(task_run, _NO_RETRY),
         )
+        attach(state, "facts", facts)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RecordAttempts)
@@ -48,6 +56,14 @@ class RecordAttempts:
 
 
 RECORD_ATTEMPTS = RecordAttempts()
+_NO_RETRY = "no_retry"
+
+
+def note_no_retry(task_run: TaskRun, reason: str) -> None:
+    """Keep why the retry condition refused a retry, for `EngineFacts.no_retry`."""
+    attach(task_run, _NO_RETRY, reason)
+
+
 hide_hook_logs(RECORD_ATTEMPTS.__name__)  # also where a worker unpickles the hook
 
 

@@ -40,14 +40,17 @@ from prefect.states import Completed
 from prefect_resilience import fallbacks
 from prefect_resilience.blocks import load_block_policy
 from prefect_resilience.errors import ResilienceConfigError
+from prefect_resilience.events import emit
 from prefect_resilience.future import ResilientFuture
 from prefect_resilience.health import (
     HealthLedger,
     StepOutcome,
     StepStatus,
+    SuccessRatio,
     TerminationRule,
     WorkflowHealth,
 )
+from prefect_resilience.logs import flow_run_log
 from prefect_resilience.policy import (
     FailureAction,
     FailurePolicy,
@@ -79,7 +82,6 @@ from prefect_resilience.task import ResilientTask, resilient
 logger = get_logger("prefect_resilience")
 
 PARTIAL_SUCCESS = "PartialSuccess"
-EVENT_PREFIX = "prefect-resilience"
 
 PolicySource = WorkflowPolicy | str | os.PathLike[str] | None
 
@@ -209,6 +211,7 @@ class RunTracker(StepObserver):
         self.pause_timeout = pause_timeout
         self.parent = parent
         self.ledger = HealthLedger(policy)
+        self.log = flow_run_log()
         self.outcomes: list[StepOutcome] = []
         self.futures: list[ResilientFuture] = []
         self.loops: list[LoopReport] = []
@@ -246,7 +249,15 @@ class RunTracker(StepObserver):
         if crossed:
             self._emit_run("health.below-threshold", score, {"threshold": crossed})
         if fired is not None:
-            logger.error("%s: %s", self.flow_name, self.ledger.stop_reason)
+            self.log.error("%s: %s", self.flow_name, self.ledger.stop_reason)
+
+    def record_mapped(self, batch: SuccessRatio, outcome: StepOutcome) -> None:
+        with self._lock:
+            reason = batch.add(outcome.status)
+            if reason is None or self.ledger.stopped_by is not None:
+                return
+            self.ledger.stop(TerminationRule.MIN_SUCCESS_RATIO, reason)
+        self.log.error("%s: %s", self.flow_name, reason)
 
     def add_loop(self, loop: LoopReport) -> None:
         with self._lock:
@@ -285,7 +296,7 @@ class RunTracker(StepObserver):
         self._pause_due = False
         self._paused_for_dip = True
         score = self.ledger.score
-        logger.warning(
+        self.log.warning(
             "%s: health %.2f fell below pause_below %.2f; pausing for a decision",
             self.flow_name,
             score,
@@ -401,8 +412,8 @@ class RunTracker(StepObserver):
             if outcome.task_run_id
             else f"prefect.flow-run.{self.flow_run_id}"
         )
-        _emit(
-            f"{EVENT_PREFIX}.step.{outcome.status.value}",
+        emit(
+            f"step.{outcome.status.value}",
             {"prefect.resource.id": resource_id, "prefect.resource.name": outcome.name},
             self._related(),
             {
@@ -418,8 +429,8 @@ class RunTracker(StepObserver):
     def _emit_run(self, name: str, score: float, extra: dict[str, Any]) -> None:
         if self.flow_run_id is None:
             return
-        _emit(
-            f"{EVENT_PREFIX}.{name}",
+        emit(
+            name,
             {
                 "prefect.resource.id": f"prefect.flow-run.{self.flow_run_id}",
                 "prefect.resource.name": self.flow_name,
@@ -459,17 +470,6 @@ def publish_or_keep(report: PartialSuccessResult) -> bool:
         path,
     )
     return True
-
-
-def _emit(
-    event: str, resource: dict[str, str], related: list[dict[str, str]], payload: dict[str, Any]
-) -> None:
-    from prefect.events import emit_event
-
-    try:
-        emit_event(event=event, resource=resource, related=related, payload=payload)
-    except Exception as exc:  # an event is a notification; the run does not depend on it
-        logger.warning("could not emit %s: %s", event, exc)
 
 
 def _in_flow_thread() -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from datetime import datetime
 from enum import StrEnum
 from uuid import UUID
@@ -73,6 +74,7 @@ class TerminationRule(StrEnum):
     TERMINATION_THRESHOLD = "termination_threshold"
     LOW_HEALTH_ABORTED = "low_health_aborted"
     LOW_HEALTH_PAUSE_TIMEOUT = "low_health_pause_timeout"
+    MIN_SUCCESS_RATIO = "min_success_ratio"
 
 
 class WorkflowHealth(BaseModel):
@@ -228,3 +230,35 @@ class HealthLedger:
         names = sorted(self._failures_by_step)
         shown = ", ".join(names[:limit])
         return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+class SuccessRatio:
+    """The task runs of one `.map()` of a step with a `min_success_ratio`, as they settle.
+
+    A task run that succeeded, recovered or degraded delivered; one that was
+    tolerated or failed did not. `add` answers the termination reason once so
+    many have not delivered that the ratio can no longer be reached, and only
+    then.
+    """
+
+    def __init__(self, step: str, ratio: float, size: int) -> None:
+        self.step = step
+        self.ratio = ratio
+        self.size = size
+        self.needed = math.ceil(ratio * size - 1e-9)
+        self.delivered = self.missed = 0
+        self.fired = False
+
+    def add(self, status: StepStatus) -> str | None:
+        if status.delivered:
+            self.delivered += 1
+        else:
+            self.missed += 1
+        if self.fired or self.size - self.missed >= self.needed:
+            return None
+        self.fired = True
+        return (
+            f"step {self.step}: {self.missed} of {self.size} mapped task runs did not deliver"
+            f" ({self.delivered} did so far); min_success_ratio {self.ratio:g} needs"
+            f" {self.needed} of {self.size}, at most {self.size - self.missed} can"
+        )

@@ -190,6 +190,49 @@ class Backoff(_Model):
         return self
 
 
+MAX_FAILURE_THRESHOLD = 100
+"""The failures a breaker remembers are kept in one Prefect Variable (5,000 characters)."""
+CIRCUIT_NAME = r"^[a-z0-9_-]+$"
+"""A breaker's name is part of a Prefect Variable's: lowercase letters, digits, - and _."""
+
+
+class CircuitBreaker(_Model):
+    """A breaker shared by every step that names it, in every run and process on a server.
+
+    After `failure_threshold` failures for good within `window` seconds it
+    opens: calls of its steps then fail at once with `CircuitOpen`, without
+    calling the function. After `reset_after` seconds one call is let through;
+    its success closes the breaker, its failure opens it again.
+    """
+
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=CIRCUIT_NAME,
+        description="The breaker's name (lowercase letters, digits, - and _); steps naming"
+        " the same breaker share it.",
+    )
+    failure_threshold: int = Field(
+        5,
+        ge=1,
+        le=MAX_FAILURE_THRESHOLD,
+        validation_alias=_aliases("failure_threshold", "failureThreshold"),
+        description="Failures for good (retries exhausted) within the window that open it.",
+    )
+    reset_after: Delay = Field(
+        60.0,
+        gt=0,
+        validation_alias=_aliases("reset_after", "resetAfter"),
+        description="Seconds an open breaker waits before letting one trial call through.",
+    )
+    window: Seconds = Field(
+        60.0,
+        gt=0,
+        le=MAX_TIMEOUT_SECONDS,
+        description="Seconds over which failures are counted.",
+    )
+
+
 def _fallback_names(value: Any) -> Any:
     """Accept fallbacks as names, or as the seed's `{type: name}` objects."""
     if value is None:
@@ -279,6 +322,28 @@ class StepPolicy(_Model):
         le=MAX_TIMEOUT_SECONDS,
         validation_alias=_aliases("timeout", "timeout_seconds", "timeoutSeconds"),
         description="Prefect's timeout for each attempt, in seconds.",
+    )
+
+    retry_budget: Seconds | None = Field(
+        None,
+        gt=0,
+        le=MAX_TIMEOUT_SECONDS,
+        validation_alias=_aliases("retry_budget", "retryBudget"),
+        description="Seconds from the first attempt's start within which retries may start;"
+        " a retry whose wait would end later is not started. Empty: no budget.",
+    )
+    min_success_ratio: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        validation_alias=_aliases("min_success_ratio", "minSuccessRatio"),
+        description="For a mapped step: the share of one .map()'s task runs that must deliver;"
+        " the run is terminated once it can no longer be reached. Empty: off.",
+    )
+    circuit_breaker: CircuitBreaker | None = Field(
+        None,
+        validation_alias=_aliases("circuit_breaker", "circuitBreaker"),
+        description="A breaker shared across runs and workers by name; empty: none.",
     )
 
     @field_validator("retry_delay")

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from prefect_resilience.health import StepOutcome
+from prefect_resilience.health import StepOutcome, SuccessRatio
 from prefect_resilience.policy import WorkflowPolicy
 
 if TYPE_CHECKING:
@@ -32,6 +32,9 @@ class StepObserver:
 
     def record(self, outcome: StepOutcome) -> None:
         """A step has settled."""
+
+    def record_mapped(self, batch: SuccessRatio, outcome: StepOutcome) -> None:
+        """One task run of a `.map()` with a `min_success_ratio` has settled (after `record`)."""
 
 
 _observer: contextvars.ContextVar[StepObserver | None] = contextvars.ContextVar(
@@ -72,6 +75,10 @@ class _Collector(StepObserver):
         self.outcomes.append(outcome)
         if self.parent:
             self.parent.record(outcome)
+
+    def record_mapped(self, batch: SuccessRatio, outcome: StepOutcome) -> None:
+        if self.parent:
+            self.parent.record_mapped(batch, outcome)
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from prefect.states import Completed, Failed, State
 from prefect_resilience._prefect import state_value
 from prefect_resilience.attempts import EngineFacts, facts_of
 from prefect_resilience.decision import FailureDecision, decide, retry_refusal
-from prefect_resilience.health import StepOutcome, StepStatus
+from prefect_resilience.health import StepOutcome, StepStatus, SuccessRatio
 from prefect_resilience.logs import run_logger
 from prefect_resilience.policy import FailureAction, StepPolicy
 from prefect_resilience.scope import StepObserver, _observer
@@ -74,6 +74,7 @@ class StepCall:
         self.fallbacks = fallbacks
         self.parameters = parameters
         self.context: contextvars.Context | None = contextvars.copy_context()
+        self.batch: SuccessRatio | None = None
         self._recorded = threading.Lock()
 
     @property
@@ -90,10 +91,17 @@ class StepCall:
         self.record(outcome)
         return state, outcome
 
-    def for_item(self, parameters: Callable[[], dict[str, Any]]) -> StepCall:
-        """The same call for one item of a mapped step, with that item's parameters."""
+    def for_item(
+        self, parameters: Callable[[], dict[str, Any]], batch: SuccessRatio | None = None
+    ) -> StepCall:
+        """The same call for one item of a mapped step, with that item's parameters.
+
+        `batch` counts the task runs of the `.map()` against its `min_success_ratio`.
+        """
         item = StepCall.__new__(StepCall)
-        item.__dict__.update(self.__dict__, parameters=parameters, _recorded=threading.Lock())
+        item.__dict__.update(
+            self.__dict__, parameters=parameters, batch=batch, _recorded=threading.Lock()
+        )
         return item
 
     def record(self, outcome: StepOutcome) -> None:
@@ -101,10 +109,12 @@ class StepCall:
         observer = self.observer
         if observer is not None and self._recorded.acquire(blocking=False):
             observer.record(outcome)
+            if self.batch is not None:
+                observer.record_mapped(self.batch, outcome)
 
     def __getstate__(self) -> dict[str, Any]:
-        """Travels without its context: the worker it goes to has its own."""
-        return {**self.__dict__, "context": None, "_recorded": None}
+        """Travels without its context and its map's count: the worker has neither scope."""
+        return {**self.__dict__, "context": None, "batch": None, "_recorded": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _recorded=threading.Lock())
@@ -166,6 +176,14 @@ class StepCall:
     ) -> FailureDecision:
         """The policy's decision once Prefect has stopped retrying."""
         step = self.step
+        if facts is not None and facts.no_retry is not None:  # the retry condition said why
+            return decide(
+                step,
+                error,
+                attempt=facts.attempts,
+                fallbacks_tried=fallbacks_tried,
+                retries_over=facts.no_retry,
+            )
         refused = retry_refusal(step, error)
         if refused or facts is None or facts.attempts > step.retry_count:
             attempt = 1 if refused else step.retry_count + 1

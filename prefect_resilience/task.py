@@ -15,6 +15,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from prefect import Task
@@ -23,15 +24,22 @@ from prefect.states import State
 from prefect.utilities.callables import get_call_parameters
 from pydantic import ValidationError
 
-from prefect_resilience import fallbacks
-from prefect_resilience._prefect import mapped_parameters, method_kind, plain_task, retyped
-from prefect_resilience.attempts import RECORD_ATTEMPTS
-from prefect_resilience.decision import decide
+from prefect_resilience import circuit, fallbacks
+from prefect_resilience._prefect import (
+    mapped_parameters,
+    method_kind,
+    plain_task,
+    retyped,
+    wait_next,
+)
+from prefect_resilience.attempts import RECORD_ATTEMPTS, note_no_retry
+from prefect_resilience.decision import FailureDecision, describe, next_retry, requested_wait
 from prefect_resilience.errors import ResilienceConfigError
 from prefect_resilience.fallbacks import offer
 from prefect_resilience.future import settle_later
+from prefect_resilience.health import SuccessRatio
 from prefect_resilience.logs import run_logger
-from prefect_resilience.policy import FailureAction, FailurePolicy, StepPolicy, config_error
+from prefect_resilience.policy import FailurePolicy, StepPolicy, config_error
 from prefect_resilience.scope import _observer, collect_outcomes
 from prefect_resilience.settle import StepCall, error_of, value_of
 
@@ -42,11 +50,14 @@ __all__ = ["ResilientTask", "RetryCondition", "collect_outcomes", "resilient", "
 
 
 class RetryCondition:
-    """Prefect's `retry_condition_fn` for a step with retry filters: retry_on / give_up_on first.
+    """Prefect's `retry_condition_fn` of a resilient step: the step policy's `next_retry` first.
 
-    A class, not a closure, so it pickles to Dask workers. The task's own
-    condition decides next; its answer goes back to Prefect as it is, so an
-    async one is awaited by Prefect's engine.
+    It refuses what the policy refuses (retry_on, give_up_on, an open
+    circuit, a retry past the `retry_budget`), noting why on the task run for
+    the settlement, and makes Prefect wait what a `RetryAfter` or HTTP
+    `Retry-After` asked for. The task's own condition decides next; its answer
+    goes back to Prefect as it is, so an async one is awaited by Prefect's
+    engine. A class, not a closure, so it pickles to Dask and Ray workers.
     """
 
     def __init__(self, step: StepPolicy, user_condition: Callable[..., Any] | None = None):
@@ -54,11 +65,21 @@ class RetryCondition:
         self.user_condition = user_condition
 
     def __call__(self, task: Task[..., Any], task_run: Any, state: State[Any]) -> Any:
-        decision = decide(self.step, error_of(state), attempt=task_run.run_count)
-        if decision.action is not FailureAction.RETRY:
+        error = error_of(state)
+        started = task_run.start_time
+        retry = next_retry(
+            self.step,
+            error,
+            task_run.run_count,
+            elapsed=(datetime.now(UTC) - started).total_seconds() if started else None,
+            requested=requested_wait(error),
+        )
+        if not isinstance(retry, FailureDecision):
+            note_no_retry(task_run, retry)
             # Prefect logs the retries it makes; a refused one needs its reason said
-            run_logger().info("no retry: %s", decision.reason)
+            run_logger().info("no retry: %s; %s", describe(error), retry)
             return False
+        wait_next(task, task_run, retry.delay if retry.requested else None)
         if self.user_condition is not None:
             return self.user_condition(task, task_run, state)
         return True
@@ -197,8 +218,10 @@ class ResilientTask(Task[P, R], Generic[P, R]):
             if step != self.step:
                 for name, value in prefect_retry_options(step).items():
                     setattr(engine, name, value)
-        if step.retry_on or step.give_up_on:
+        if step.retry_count:
             engine.retry_condition_fn = RetryCondition(step, engine.retry_condition_fn)
+        if step.circuit_breaker is not None and not self._streams():
+            circuit.guard(engine, step.circuit_breaker)
         engine.on_completion_hooks = [*engine.on_completion_hooks, RECORD_ATTEMPTS]
         engine.on_failure_hooks = [*engine.on_failure_hooks, RECORD_ATTEMPTS]
         if self.tag_runs:
@@ -271,8 +294,12 @@ class ResilientTask(Task[P, R], Generic[P, R]):
             if deferred or self._streams():  # Prefect's distributed futures, as they are
                 futures = primaries
             else:
+                ratio = call.step.min_success_ratio
+                batch = None if ratio is None else SuccessRatio(self.name, ratio, len(primaries))
                 futures = PrefectFutureList(
-                    settle_later(primary, call.for_item(_MappedParameters(self.fn, given, i)))
+                    settle_later(
+                        primary, call.for_item(_MappedParameters(self.fn, given, i), batch)
+                    )
                     for i, primary in enumerate(primaries)
                 )
             if return_state:
@@ -391,6 +418,9 @@ def resilient(
     fallbacks: Sequence[Any] = (),
     default: Any = ...,
     timeout: float = ...,
+    retry_budget: float | str = ...,
+    min_success_ratio: float = ...,
+    circuit_breaker: Any = ...,
     tag_runs: bool = False,
     **task_options: Any,
 ) -> _Decorator: ...
@@ -411,6 +441,9 @@ def resilient(
     fallbacks: Sequence[Any] = (),
     default: Any = _UNSET,
     timeout: float = _UNSET,
+    retry_budget: float | str = _UNSET,
+    min_success_ratio: float = _UNSET,
+    circuit_breaker: Any = _UNSET,
     tag_runs: bool = False,
     **task_options: Any,
 ) -> Any:
@@ -425,6 +458,14 @@ def resilient(
     `retry_on` / `give_up_on` take exception classes or names (globs allowed);
     `fallbacks` take tasks or plain callables, called with the step's
     parameters (those they accept), each as its own task run.
+
+    `retry_budget` bounds the retries by time: none starts whose wait would
+    end later than that many seconds after the first attempt's start. A step
+    may `raise RetryAfter(seconds)` to wait longer before its next attempt.
+    `min_success_ratio` applies to `.map()`: the share of its task runs that
+    must deliver, or the run is terminated. `circuit_breaker` (name,
+    failure_threshold, reset_after, window) stops calling a failing dependency
+    across runs and workers.
 
     `tag_runs=True` also tags each task run with its policy, impact and
     criticality. Off by default: Prefect makes a tag-concurrency API call for
@@ -445,6 +486,9 @@ def resilient(
             "impact": impact,
             "default": default,
             "timeout": timeout,
+            "retry_budget": retry_budget,
+            "min_success_ratio": min_success_ratio,
+            "circuit_breaker": circuit_breaker,
         }.items()
         if v is not _UNSET
     }

@@ -10,7 +10,7 @@ from prefect_resilience import (
     TerminationRule,
     WorkflowPolicy,
 )
-from prefect_resilience.health import HealthLedger
+from prefect_resilience.health import HealthLedger, StepStatus, SuccessRatio
 from prefect_resilience.report import RunStatus, build_report, run_status, to_markdown
 
 
@@ -188,3 +188,23 @@ def test_a_function_takes_its_worst_run() -> None:
     )
     assert report.business_impact.degraded_functions == ["m"]
     assert report.business_impact.working_functions == []
+
+
+def test_success_ratio_fires_once_when_the_ratio_can_no_longer_be_reached() -> None:
+    batch = SuccessRatio("fetch", 0.7, 10)  # 7 of 10 must deliver: 3 may miss
+    statuses = [StepStatus.SUCCEEDED, StepStatus.TOLERATED, StepStatus.DEGRADED,
+                StepStatus.FAILED, StepStatus.RECOVERED, StepStatus.TOLERATED]  # fmt: skip
+    assert [batch.add(s) for s in statuses] == [None] * 6
+    reason = batch.add(StepStatus.TOLERATED)
+    assert reason is not None
+    assert "step fetch: 4 of 10 mapped task runs did not deliver (3 did so far)" in reason
+    assert "min_success_ratio 0.7 needs 7 of 10, at most 6 can" in reason
+    assert batch.add(StepStatus.FAILED) is None  # once
+
+
+def test_success_ratio_of_one_fires_on_the_first_miss_and_zero_never() -> None:
+    assert SuccessRatio("s", 1.0, 3).add(StepStatus.TOLERATED) is not None
+    none_needed = SuccessRatio("s", 0.0, 2)
+    assert [none_needed.add(StepStatus.FAILED) for _ in range(2)] == [None, None]
+    exact = SuccessRatio("s", 0.5, 4)  # 2 of 4: two misses still leave 2
+    assert [exact.add(StepStatus.FAILED) for _ in range(3)][-1] is not None

@@ -171,3 +171,46 @@ def test_a_bad_setting_in_a_headerless_spec_names_its_line() -> None:
     with pytest.raises(ResilienceConfigError) as caught:
         load_policy("spec:\n  stepPolicies:\n    db:\n      maxRetries: -1\n")
     assert caught.value.line == 4 and "spec.stepPolicies.db.maxRetries" in str(caught.value)
+
+
+def test_round_two_settings_load_from_yaml_in_both_spellings() -> None:
+    camel = load_policy(
+        """
+        stepPolicies:
+          - match: fetch_*
+            retryBudget: 30s
+            minSuccessRatio: 0.9
+            circuitBreaker: {name: payments, failureThreshold: 3, resetAfter: 2m, window: 45s}
+        """
+    )
+    snake = load_policy(
+        {
+            "step_policies": [
+                {
+                    "match": "fetch_*",
+                    "retry_budget": 30,
+                    "min_success_ratio": 0.9,
+                    "circuit_breaker": {
+                        "name": "payments",
+                        "failure_threshold": 3,
+                        "reset_after": 120,
+                        "window": 45,
+                    },
+                }
+            ]
+        }
+    )
+    assert camel == snake
+    step = camel.policy_for("fetch_prices")
+    assert step.retry_budget == 30.0 and step.min_success_ratio == 0.9
+    assert step.circuit_breaker is not None
+    assert (step.circuit_breaker.name, step.circuit_breaker.failure_threshold) == ("payments", 3)
+    assert (step.circuit_breaker.reset_after, step.circuit_breaker.window) == (120.0, 45.0)
+
+
+def test_a_rule_replaces_the_decorators_breaker_and_keeps_its_budget() -> None:
+    declared = StepPolicy(retries=2, retry_budget=10, circuit_breaker={"name": "a"})
+    policy = load_policy({"step_policies": [{"match": "s", "circuitBreaker": {"name": "b"}}]})
+    step = policy.policy_for("s", declared=declared)
+    assert step.retry_budget == 10 and step.circuit_breaker is not None
+    assert step.circuit_breaker.name == "b" and step.circuit_breaker.failure_threshold == 5

@@ -146,6 +146,24 @@ def test_config_error_is_a_value_error() -> None:
         ({"policy": "graceful_degradation", "fallbacks": [42]}, "fallbacks", "callable"),
         ({"retries": "many"}, "retries", "integer"),
         ({"policy": "graceful_degradation", "fallbacks": [print]}, "fallbacks", "cannot make"),
+        ({"retry_budget": -1}, "retry_budget", "greater than or equal to 0"),
+        ({"retry_budget": 0}, "retry_budget", "greater than 0"),
+        ({"retry_budget": "soon"}, "retry_budget", "not a duration"),
+        ({"min_success_ratio": 1.5}, "min_success_ratio", "less than or equal to 1"),
+        ({"min_success_ratio": -0.1}, "min_success_ratio", "greater than or equal to 0"),
+        (
+            {"circuit_breaker": {"name": "api", "failure_threshold": 0}},
+            "circuit_breaker.failure_threshold",
+            "greater than or equal to 1",
+        ),
+        ({"circuit_breaker": {"name": "Payments API"}}, "circuit_breaker.name", "pattern"),
+        (
+            {"circuit_breaker": {"name": "api", "reset_after": -5}},
+            "circuit_breaker.reset_after",
+            "greater than",
+        ),
+        ({"circuit_breaker": {"failure_threshold": 3}}, "circuit_breaker.name", "required"),
+        ({"circuit_breaker": {"name": "api", "colour": 1}}, "circuit_breaker.colour", "unknown"),
     ],
 )
 def test_bad_decorator_arguments_name_the_field(kwargs: dict, field: str, words: str) -> None:
