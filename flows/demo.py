@@ -5,7 +5,8 @@ Run with `make demo` (Prefect's embedded SQLite server, no setup) or
 policy made of its failure, with attempts read back from Prefect; the second
 runs the originating design's scenario with injected failures, one row per
 run; then come the latest run's report as Prefect stores it, the analysis of
-that history, and the changes `optimize` proposes from it.
+that history, the changes `optimize` proposes from it, and what the policies
+do beyond retries against a rate-limited, flaky partner API.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import time
 from typing import Any
 
+from partner_api import INVENTORY_BREAKER, partner_api
 from prefect import task
 from rich.console import Console
 from rich.markdown import Markdown
@@ -23,7 +25,7 @@ from rich.progress import Progress
 from rich.table import Table
 from seed_scenario import SCENARIO_POLICY, seed_scenario
 
-from prefect_resilience import PartialSuccessResult, get_report, resilient, resilient_flow
+from prefect_resilience import PartialSuccessResult, circuit, get_report, resilient, resilient_flow
 from prefect_resilience.analytics.candidates import propose
 from prefect_resilience.analytics.summary import analyze
 from prefect_resilience.analytics.summary import to_markdown as analysis_markdown
@@ -159,6 +161,52 @@ def run_history(console: Console, runs: int, failure_rate: float) -> PartialSucc
     return latest
 
 
+def beyond_retries(console: Console) -> None:
+    """The partner API of flows/partner_api.py: RetryAfter and a retry budget, a mapped batch
+    with min_success_ratio, and a circuit breaker that outlives the run that opened it."""
+    circuit.reset(INVENTORY_BREAKER)
+    table = Table(title="6. Beyond retries: a rate-limited, flaky partner API", show_lines=True)
+    for column in ("run", "final state", "what the policies did"):
+        table.add_column(column, overflow="fold")
+    runs: list[tuple[str, dict[str, Any]]] = [
+        ("quote service says 429, retry after 1s, once", {"rate_limited_for": 1}),
+        ("quote service says 429 for 6 attempts", {"rate_limited_for": 6}),
+        ("2 of 10 SKUs have no price", {"broken_skus": 2}),
+        ("3 of 10 SKUs have no price", {"broken_skus": 3}),
+        ("inventory API down", {"outage": True}),
+        ("inventory API still down, next run", {"outage": True}),
+    ]
+    for label, parameters in runs:
+        state = partner_api(**parameters, return_state=True)
+        report = get_report(state.state_details.flow_run_id)
+        table.add_row(label, f"{state.name} ({styled(report.overall_status.value)})",
+                      _what_happened(report))  # fmt: skip
+    console.print(table)
+    state = circuit.read_state(INVENTORY_BREAKER)
+    console.print(
+        f"Circuit breaker {INVENTORY_BREAKER!r} (Prefect Variable"
+        f" {circuit.state_variable(INVENTORY_BREAKER)!r}): {state.state.value}, {state.reason}"
+    )
+
+
+def _what_happened(report: PartialSuccessResult) -> str:
+    quote = next((o for o in report.steps if o.name == "fetch_quote"), None)
+    stock = [o for o in report.steps if o.name == "inventory"]
+    lines = []
+    if quote is not None:
+        lines.append(f"fetch_quote: {quote.status.value} after {quote.attempts} attempt(s)")
+    if report.health.stopped_by is not None:
+        lines.append(report.message)
+    if stock:
+        skipped = sum(o.exception_type == "CircuitOpen" for o in stock)
+        lines.append(
+            f"inventory: {len(stock) - skipped} call(s) reached the API,"
+            f" {skipped} short-circuited; values from "
+            + ", ".join(sorted({o.fallback_used or "the API" for o in stock}))
+        )
+    return "\n".join(lines)
+
+
 def quiet_prefect_console() -> None:
     """Keep the terminal for the tables: Prefect's run logs still go to its API and UI."""
     from prefect.logging.handlers import PrefectConsoleHandler
@@ -199,6 +247,7 @@ def main() -> None:
             history.task_runs, history.flow_runs, history.reports, SCENARIO_POLICY, bootstrap=30
         )
     console.print(Markdown(proposal_markdown(proposal)))
+    beyond_retries(console)
     console.print(f"[dim]Finished in {time.perf_counter() - started:.1f}s[/dim]")
 
 

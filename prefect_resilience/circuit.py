@@ -35,7 +35,7 @@ from prefect import Task
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.context import TaskRunContext
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.states import State
 
 from prefect_resilience._prefect import attach, attached, hide_hook_logs
@@ -64,6 +64,13 @@ def read_state(name: str) -> CircuitState:
     with get_client(sync_client=True) as client:
         variable = client.read_variable_by_name(state_variable(name))
     return CircuitState.from_value(variable.value if variable is not None else None)
+
+
+def reset(name: str) -> None:
+    """Forget a breaker's state (it reads as closed, with no failures), as deleting its
+    Variable in the UI does."""
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
+        client.delete_variable_by_name(state_variable(name))
 
 
 def change(

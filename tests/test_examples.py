@@ -38,10 +38,13 @@ def examples(prefect_server: None) -> Iterator[SimpleNamespace]:
     try:
         import dask_pipeline
         import data_pipeline
+        import partner_api
         import seed_scenario
 
         yield SimpleNamespace(
             seed_scenario=seed_scenario.seed_scenario,
+            partner_api=partner_api.partner_api,
+            inventory_breaker=partner_api.INVENTORY_BREAKER,
             data_pipeline=data_pipeline.data_pipeline,
             dask_pipeline=dask_pipeline.dask_pipeline,
         )
@@ -151,6 +154,31 @@ def test_dask_pipeline(
     assert value["loaded_rows"] == (4 - len(missing)) * ROWS
 
 
+def test_partner_api_shows_what_retries_alone_cannot_do(examples: SimpleNamespace) -> None:
+    from prefect_resilience import TerminationRule, circuit
+
+    partner_api, breaker = examples.partner_api, examples.inventory_breaker
+    circuit.reset(breaker)
+    state = partner_api(rate_limited_for=1, return_state=True)
+    assert state.name == "Completed" and state.result()["priced"] == 10
+    quote = next(o for o in report_of(state).steps if o.name == "fetch_quote")
+    assert quote.attempts == 2 and quote.duration is not None and quote.duration < 1
+
+    budget = report_of(partner_api(rate_limited_for=6, return_state=True))
+    assert budget.health.stopped_by is TerminationRule.FAIL_FAST
+    assert "past retry_budget 5s" in budget.message
+
+    ratio = report_of(partner_api(broken_skus=3, return_state=True))
+    assert ratio.health.stopped_by is TerminationRule.MIN_SUCCESS_RATIO
+
+    runs = [report_of(partner_api(outage=True, return_state=True)) for _ in range(2)]
+    short = [[o.exception_type for o in r.steps if o.name == "inventory"] for r in runs]
+    assert short == [["ConnectionError"] * 3 + ["CircuitOpen"], ["CircuitOpen"] * 4]
+    assert all(r.overall_status.value == "partial_success" for r in runs)
+    assert circuit.read_state(breaker).state.value == "open"
+    circuit.reset(breaker)
+
+
 # --- as the user starts them -----------------------------------------------------------
 
 
@@ -222,3 +250,5 @@ def test_the_demo_runs_every_part_to_the_proposed_changes(examples: SimpleNamesp
         assert part in out, out[-3000:]
     assert "Optimization candidates: seed-scenario" in out
     assert "finished flow runs" in out
+    assert "6. Beyond retries: a rate-limited, flaky partner API" in out
+    assert "Circuit breaker 'partner-inventory'" in out and "): open, 3 failures" in out
