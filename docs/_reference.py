@@ -38,7 +38,13 @@ FUNCTIONS: list[Callable[..., Any]] = [
     flow.current_health,
     report.get_report,
 ]
-POLICY_MODELS = [policy.StepPolicy, policy.Backoff, policy.StepRule, policy.WorkflowPolicy]
+POLICY_MODELS = [
+    policy.StepPolicy,
+    policy.Backoff,
+    policy.CircuitBreaker,
+    policy.StepRule,
+    policy.WorkflowPolicy,
+]
 DOCUMENT_MODELS = [
     policy.PolicyDocument,
     policy.PolicyMetadata,

@@ -100,6 +100,8 @@ def parse_duration(value: Any) -> Any:
 
 
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+Span = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+"""A duration that must be longer than nothing (a budget, a window)."""
 Delay = Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=MAX_DELAY_SECONDS)]
 Name = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
 
@@ -219,15 +221,14 @@ class CircuitBreaker(_Model):
         validation_alias=_aliases("failure_threshold", "failureThreshold"),
         description="Failures for good (retries exhausted) within the window that open it.",
     )
-    reset_after: Delay = Field(
+    reset_after: Span = Field(
         60.0,
-        gt=0,
+        le=MAX_DELAY_SECONDS,
         validation_alias=_aliases("reset_after", "resetAfter"),
         description="Seconds an open breaker waits before letting one trial call through.",
     )
-    window: Seconds = Field(
+    window: Span = Field(
         60.0,
-        gt=0,
         le=MAX_TIMEOUT_SECONDS,
         description="Seconds over which failures are counted.",
     )
