@@ -162,3 +162,50 @@ def test_a_resilient_future_pickles_as_the_runners_own_future() -> None:
     assert type(travelled) is PrefectDaskFuture
     assert travelled.task_run_id == run_id
     assert travelled.wrapped_future == "the settle job's key"
+
+
+@pytest.mark.parametrize("jitter", [None, 0.5])
+def test_a_wait_chosen_in_the_retry_condition_is_the_wait_prefect_schedules(
+    jitter: float | None,
+) -> None:
+    """The engine reads the task's delays and jitter after its retry condition, in its context.
+
+    A plain task whose condition chooses 2 s over a configured 60 s (with and
+    without jitter): the retry is scheduled about 2 s after the failure, and
+    the task's own delays still read 60 s outside that task run.
+    """
+    from prefect.client.orchestration import get_client
+
+    failed_at: list[float] = []
+
+    def choose(task: Task[..., Any], task_run: Any, state: Any) -> bool:
+        _prefect.wait_next(task, task_run, 2.0)
+        return True
+
+    @task(
+        retries=1,
+        retry_delay_seconds=60,
+        retry_jitter_factor=jitter,
+        retry_condition_fn=choose,
+    )
+    def flaky() -> int:
+        if not failed_at:
+            import time
+
+            failed_at.append(time.time())
+            raise ValueError("once")
+        return 1
+
+    @flow
+    def run() -> Any:
+        return flaky(return_state=True)
+
+    state = run()
+    assert state.is_completed()
+    with get_client(sync_client=True) as client:
+        history = client.read_task_run_states(state.state_details.task_run_id)
+    (retrying,) = [s for s in history if s.name == "AwaitingRetry"]
+    assert retrying.state_details.scheduled_time is not None
+    waited = retrying.state_details.scheduled_time.timestamp() - failed_at[0]
+    assert 1.5 <= waited <= 10, waited  # not the configured 60 s
+    assert flaky.retry_delay_seconds == 60 or list(flaky.retry_delay_seconds) == [60]
