@@ -14,6 +14,7 @@ finished.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -345,9 +346,18 @@ def publish(report: PartialSuccessResult) -> None:
         ),
     ]
     # at once: a run's ending waits for its report, so for one round trip, not three (in a
-    # run, get_client gives the run's own client, shared by the threads)
+    # run, get_client gives the run's own client, shared by the threads). Each thread runs
+    # in a copy of this context, so Prefect's settings context (the API URL the events of
+    # an artifact go to) holds there too.
+    contexts = [contextvars.copy_context() for _ in artifacts]
     with get_client(sync_client=True) as client, ThreadPoolExecutor(len(artifacts)) as pool:
-        list(pool.map(lambda artifact: create_riding_through(client, artifact), artifacts))
+        list(
+            pool.map(
+                lambda context, artifact: context.run(create_riding_through, client, artifact),
+                contexts,
+                artifacts,
+            )
+        )
 
 
 # Pauses before writing an artifact again after the API failed it for a moment. Prefect's
