@@ -63,7 +63,10 @@ class History:
       end_time, duration_s, tags, policy / critical / impact (as the run's
       report recorded them, or from `tag_runs` tags; None / False on plain
       tasks), error_type, error_message
-      (from the state message), upstream (task_run_ids from task_inputs).
+      (from the state message; error_type "CircuitOpen" for a run an open
+      circuit breaker settled without calling the step, which analytics read
+      as short-circuited, not as a failure of the step), upstream (task_run_ids
+      from task_inputs).
     reports: one row per run with a resilience report: flow_run_id,
       overall_status, health_score, stopped_by, and the function names by
       status: working, degraded, unavailable, tolerated.

@@ -14,14 +14,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from prefect import flow, task
 from prefect.client.schemas.actions import VariableUpdate
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
 from prefect_resilience import StepStatus, collect_outcomes, resilient
+from prefect_resilience.analytics import step_statistics
 from prefect_resilience.circuit import read_state, state_variable
 from prefect_resilience.circuit_state import Circuit
+from prefect_resilience.history import task_run_record
 from tests.records import recorded_task_runs
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -108,6 +111,13 @@ def test_it_opens_after_threshold_failures_and_then_does_not_call_the_function()
     short = records[outcomes[3].task_run_id]
     assert short.state.is_failed() and "CircuitOpen" in (short.state.message or "")
     assert circuit_events(name, 1, ("opened", "closed")) == ["opened"]
+    # history reads the short-circuited runs; analytics do not count them as the step's
+    history = pd.DataFrame(
+        [task_run_record(records[o.task_run_id], "calls-in-a-row") for o in outcomes]
+    )
+    assert list(history["error_type"]) == ["ConnectionError"] * 2 + ["CircuitOpen"] * 2
+    (stats,) = step_statistics(history).itertuples()
+    assert (stats.runs, stats.failures) == (2, 2)
 
 
 def test_after_reset_after_one_trial_goes_through_and_its_success_closes_it() -> None:

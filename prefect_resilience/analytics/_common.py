@@ -21,6 +21,14 @@ FINISHED_STATES: frozenset[str] = frozenset({"COMPLETED", "FAILED", "CRASHED", "
 FAILED_STATES: frozenset[str] = frozenset({"FAILED", "CRASHED"})
 """State types that count as a failure. CANCELLED is finished but not a failure."""
 
+SHORT_CIRCUITED = "SHORT_CIRCUITED"
+"""The state type analytics read for a task run an open circuit breaker settled without
+calling the step (`error_type` "CircuitOpen"): neither finished nor failed, because the
+step did not run. Counting it would charge the dependency's outage to the step again and
+again, and propose retries the breaker refuses anyway."""
+
+CIRCUIT_OPEN = "CircuitOpen"
+
 COMPLETED = "COMPLETED"
 CANCELLED = "CANCELLED"
 PARTIAL_SUCCESS = "PartialSuccess"
@@ -45,11 +53,17 @@ def require_columns(frame: Any, columns: Iterable[str], name: str) -> None:
 
 
 def state_types(frame: pd.DataFrame) -> pd.Series:
-    """`state_type` upper-cased as plain strings; an enum member is read by its value."""
+    """`state_type` upper-cased as plain strings; an enum member is read by its value.
+
+    A task run short-circuited by an open circuit breaker reads `SHORT_CIRCUITED`.
+    """
     column = frame["state_type"]
     # a handful of distinct values: normalise each once, then look them up (fast at 1M rows)
     normal = {v: str(getattr(v, "value", v)).upper() for v in column.dropna().unique()}
-    return column.map(normal).astype("string")
+    types = column.map(normal).astype("string")
+    if "error_type" in frame.columns:
+        types = types.mask(frame["error_type"].eq(CIRCUIT_OPEN).fillna(False), SHORT_CIRCUITED)
+    return types
 
 
 def utc(series: pd.Series) -> pd.Series:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from ._common import FAILED_STATES, state_types
 from .summary import Analysis
 
 
@@ -52,7 +53,7 @@ def _plots(
         figure.autofmt_xdate()
         plots.append(("Health and failure rate over time", _png(figure)))
         plt.close(figure)
-    failed = task_runs[task_runs["state_type"].isin(["FAILED", "CRASHED"])]
+    failed = task_runs[state_types(task_runs).isin(FAILED_STATES).fillna(False).to_numpy(bool)]
     failed = failed.dropna(subset=["start_time"])
     if not failed.empty:
         grid = pd.crosstab(failed["task_name"], failed["start_time"].dt.hour)
