@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -42,6 +42,7 @@ __all__ = [
     "history",
     "load_block_policy",
     "plan_apply",
+    "plan_changes",
     "policy_document",
     "record_ui_edit",
     "rollback",
@@ -227,10 +228,18 @@ def diff(name: str, a: int, b: int) -> str:
 
 @dataclass(frozen=True)
 class Change:
+    """What applying one file does (or did) to its block."""
+
     name: str
     path: Path
     action: str  # created | updated | unchanged
     diff: str
+    reverts: str | None = None  # the block's newest version this file did not write, if any
+    policy: WorkflowPolicy | None = field(default=None, repr=False, compare=False)
+
+
+def _applied_note(file: Path) -> str:
+    return f"applied from {file.name}"
 
 
 def plan_apply(paths: list[Path]) -> list[tuple[str, Path, WorkflowPolicy]]:
@@ -257,8 +266,13 @@ def plan_apply(paths: list[Path]) -> list[tuple[str, Path, WorkflowPolicy]]:
     return planned
 
 
-def apply(paths: list[Path]) -> list[Change]:
-    """Create or update a block per policy file, idempotently; say what changed."""
+def plan_changes(paths: list[Path]) -> list[Change]:
+    """What applying the files would do to each block, writing nothing.
+
+    A change `reverts` a version when the block's content was last written by
+    something other than this file (`optimize --apply`, a rollback, an edit in
+    the UI): applying the file would silently undo it.
+    """
     changes = []
     for name, file, policy in plan_apply(paths):
         wanted = policy_document(policy)
@@ -267,19 +281,53 @@ def apply(paths: list[Path]) -> list[Change]:
         except ResilienceConfigError:  # invalid on the server (a bad UI edit): replace it
             current = {}
         if current == wanted:
-            changes.append(Change(name, file, "unchanged", ""))
+            changes.append(Change(name, file, "unchanged", "", policy=policy))
             continue
-        if current:
-            record_ui_edit(name)
-        before = to_yaml(current) if current else ""
-        save_policy(name, policy, note=f"applied from {file.name}")
         text = "".join(
             difflib.unified_diff(
-                before.splitlines(keepends=True),
+                (to_yaml(current) if current else "").splitlines(keepends=True),
                 to_yaml(wanted).splitlines(keepends=True),
                 fromfile=f"{name} (server)",
                 tofile=str(file),
             )
         )
-        changes.append(Change(name, file, "created" if current is None else "updated", text))
+        action = "created" if current is None else "updated"
+        changes.append(Change(name, file, action, text, _reverts(name, file, current), policy))
+    return changes
+
+
+def _reverts(name: str, file: Path, current: dict[str, Any] | None) -> str | None:
+    """The newest version of a block, described, when this file did not write it."""
+    if not current:
+        return None
+    newest = versions.latest(name)
+    if newest is None or newest.document != current:
+        return "a change made outside this package (in the UI or through the API)"
+    if newest.note == _applied_note(file):
+        return None
+    return f"version {newest.number} ({newest.note})"
+
+
+def apply(paths: list[Path], *, force: bool = False) -> list[Change]:
+    """Create or update a block per policy file, idempotently; say what changed.
+
+    Nothing is written when a change would revert a version the file did not
+    write, unless `force`: a `ResilienceConfigError` names each such block.
+    """
+    changes = plan_changes(paths)
+    reverting = [c for c in changes if c.reverts]
+    if reverting and not force:
+        listed = "; ".join(f"{c.name}: {c.reverts}" for c in reverting)
+        raise ResilienceConfigError(
+            f"applying would revert {listed}. Export the block to a file with"
+            " `prefect-resilience policy export NAME`, or apply anyway with --force",
+            path=str(reverting[0].path),
+        )
+    for change in changes:
+        if change.action == "unchanged":
+            continue
+        if change.action == "updated":
+            record_ui_edit(change.name)
+        assert change.policy is not None  # every planned change carries its policy
+        save_policy(change.name, change.policy, note=_applied_note(change.path))
     return changes

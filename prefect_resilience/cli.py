@@ -1,4 +1,8 @@
-"""The `prefect-resilience` command, built like Prefect's own CLI (typer and rich)."""
+"""The `prefect-resilience` command, built like Prefect's own CLI (typer and rich).
+
+The policy commands are in `cli_policy`; how every command prints, and fails,
+is in `cli_output`.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,20 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from prefect_resilience import fallbacks
+from prefect_resilience.cli_output import (
+    api_failure,
+    config_failure,
+    console,
+    errors,
+    fail,
+    number,
+    talks_to_api,
+)
+from prefect_resilience.cli_policy import policy_app
 from prefect_resilience.errors import ResilienceConfigError
-from prefect_resilience.policy import WorkflowPolicy, load_policy
 
 app = typer.Typer(
     name="prefect-resilience",
@@ -20,11 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-policy_app = typer.Typer(help="Check and inspect workflow policies.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
-
-console = Console()
-errors = Console(stderr=True)
 
 
 @app.callback()
@@ -36,210 +44,6 @@ def _quiet_embedded_server() -> None:
     import os
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-
-def _load(path: Path) -> WorkflowPolicy:
-    try:
-        return load_policy(path)
-    except ResilienceConfigError as exc:
-        errors.print(f"[red]invalid:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-
-
-@policy_app.command("validate")
-def validate(
-    files: Annotated[list[Path], typer.Argument(help="YAML policy documents to check.")],
-) -> None:
-    """Check policy documents; exit 1 naming the field and line of each problem."""
-    for path in files:
-        policy = _load(path)
-        console.print(
-            f"[green]valid:[/green] {path} ({policy.name or 'unnamed'},"
-            f" {len(policy.step_policies)} step policies)",
-            soft_wrap=True,
-        )
-
-
-@policy_app.command("show")
-def show(path: Annotated[Path, typer.Argument(help="A YAML policy document.")]) -> None:
-    """Show a workflow policy as it loads: thresholds and each step policy."""
-    policy = _load(path)
-    console.print(f"[bold]{policy.name or path}[/bold]")
-    console.print(f"default failure policy: {policy.default_failure_policy.value}")
-    for label, value in (
-        ("max partial failures", policy.max_partial_failures),
-        ("critical step ratio", policy.critical_step_ratio),
-        ("termination threshold", policy.termination_threshold),
-    ):
-        console.print(f"{label}: {'off' if value is None else value}")
-    table = Table(title="step policies (first match wins)")
-    for column in ("match", "policy", "retries", "delays (s)", "critical", "impact", "fallbacks"):
-        table.add_column(column)
-    for rule in policy.step_policies:
-        explicit = rule.explicit()
-        delays = rule.retry_delays()
-        table.add_row(
-            rule.match,
-            rule.policy.value if "policy" in explicit else "(default)",
-            str(rule.retries) if "retries" in explicit else "-",
-            ", ".join(f"{d:g}" for d in delays[:5]) + (" ..." if len(delays) > 5 else ""),
-            "yes" if rule.critical else "no",
-            rule.impact.value,
-            ", ".join(rule.fallbacks) or "-",
-        )
-    console.print(table)
-
-
-def _fail(exc: ResilienceConfigError) -> typer.Exit:
-    errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
-
-
-FlowOption = Annotated[
-    str | None,
-    typer.Option(
-        "--flow",
-        help="The flow the policy is for, as Prefect's entrypoint: path/to/file.py:flow or"
-        " package.module:flow. Its code is loaded, so the fallbacks it makes available are known.",
-    ),
-]
-
-
-def _load_flow(entrypoint: str) -> Any:
-    """Run the flow's module, as a worker would, so its fallbacks are registered."""
-    from prefect.flows import load_flow_from_entrypoint
-
-    try:
-        return load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
-    except Exception as exc:  # Prefect's own error says what is wrong with the entrypoint
-        errors.print(f"[red]cannot load flow {entrypoint}:[/red] {exc}", soft_wrap=True)
-        raise typer.Exit(1) from None
-
-
-def _check_for_flow(source: str | Path) -> WorkflowPolicy:
-    """Load a policy as a run of the flow would, fallbacks checked; exit 1 naming each problem."""
-    from prefect_resilience.flow import load_workflow_policy
-
-    try:
-        return load_workflow_policy(source)
-    except ResilienceConfigError as exc:
-        raise _fail(exc) from None
-
-
-@policy_app.command("check")
-def check_policy(
-    source: Annotated[str, typer.Argument(help="A policy file, or a Resilience Policy block.")],
-    flow: FlowOption = None,
-) -> None:
-    """Check a policy as a run of the flow would load it: fields, and every fallback it names.
-
-    A fallback resolves only to one the flow's code made available; with
-    `--flow`, that code is loaded first. Exit 1 naming the fallback, the file and line.
-    """
-    flow_object = _load_flow(flow) if flow else None
-    policy = _check_for_flow(source)
-    named = sorted({n.name for n in fallbacks.named_in(policy)})
-    target = f" for flow {flow_object.name!r}" if flow_object else ""
-    console.print(
-        f"[green]ok:[/green] {source}{target} ({policy.name or 'unnamed'})", soft_wrap=True
-    )
-    if named:
-        console.print(f"fallbacks named, all available: {', '.join(named)}", soft_wrap=True)
-
-
-@policy_app.command("apply")
-def apply_policies(
-    paths: Annotated[list[Path], typer.Argument(help="Policy files or folders (e.g. blocks/).")],
-    flow: FlowOption = None,
-) -> None:
-    """Create or update a Resilience Policy block per file; unchanged ones are left alone.
-
-    Every file is checked first: one bad file changes nothing. With `--flow`,
-    each fallback a file names must be one that flow's code makes available.
-    """
-    from prefect_resilience import blocks
-
-    try:
-        planned = blocks.plan_apply(paths)
-    except ResilienceConfigError as exc:
-        raise _fail(exc) from None
-    if flow:
-        _load_flow(flow)
-        for _, file, _ in planned:
-            _check_for_flow(file)
-    else:
-        for _, file, policy in planned:
-            named = sorted({n.name for n in fallbacks.named_in(policy)})
-            if named:
-                errors.print(
-                    f"[yellow]note:[/yellow] {file} names fallbacks {', '.join(named)}; a run"
-                    " refuses those its flow's code does not make available: check them with"
-                    f" `prefect-resilience policy check {file} --flow FILE.py:FLOW`",
-                    soft_wrap=True,
-                )
-    try:
-        blocks.ResiliencePolicy.register_type_and_schema()
-        changes = blocks.apply(paths)
-    except ResilienceConfigError as exc:
-        raise _fail(exc) from None
-    for change in changes:
-        style = {"created": "green", "updated": "yellow", "unchanged": "dim"}[change.action]
-        console.print(f"[{style}]{change.action}[/{style}] {change.name} ({change.path})")
-        if change.diff:
-            console.print(change.diff, highlight=False, markup=False, soft_wrap=True)
-
-
-@policy_app.command("history")
-def show_history(name: Annotated[str, typer.Argument(help="Block name.")]) -> None:
-    """List the recorded versions of a Resilience Policy block."""
-    from prefect_resilience import blocks
-
-    try:
-        blocks.record_ui_edit(name)
-        versions = blocks.history(name)
-    except ResilienceConfigError as exc:
-        raise _fail(exc) from None
-    if not versions:
-        raise _fail(ResilienceConfigError(f"no recorded versions of policy {name!r}"))
-    table = Table(title=f"versions of {name}")
-    for column in ("version", "saved", "note"):
-        table.add_column(column)
-    for v in versions:
-        table.add_row(str(v.number), f"{v.created:%Y-%m-%d %H:%M:%S}" if v.created else "?", v.note)
-    console.print(table)
-
-
-@policy_app.command("diff")
-def show_diff(
-    name: Annotated[str, typer.Argument(help="Block name.")],
-    a: Annotated[int, typer.Argument(help="Older version.", min=1)],
-    b: Annotated[int, typer.Argument(help="Newer version.", min=1)],
-) -> None:
-    """Show what changed between two versions of a policy."""
-    from prefect_resilience import blocks
-
-    try:
-        text = blocks.diff(name, a, b)
-    except ResilienceConfigError as exc:
-        raise _fail(exc) from None
-    console.print(text or "no difference", highlight=False, markup=False, soft_wrap=True)
-
-
-@policy_app.command("rollback")
-def roll_back(
-    name: Annotated[str, typer.Argument(help="Block name.")],
-    to: Annotated[
-        int | None, typer.Option(help="Version to return to (default: previous).", min=1)
-    ] = None,
-) -> None:
-    """Save an earlier version again, as a new version (nothing is lost)."""
-    from prefect_resilience import blocks
-
-    try:
-        version = blocks.rollback(name, to)
-    except ResilienceConfigError as exc:
-        raise _fail(exc) from None
-    console.print(f"{name}: saved version {version.number} ({version.note})")
 
 
 def _since(value: str | None) -> Any:
@@ -293,7 +97,7 @@ def _rich_table(title: str, frame: Any, columns: list[str], index: str) -> Table
         cells = []
         for value in row:
             if isinstance(value, float):
-                cells.append("-" if value != value else f"{value:.3g}")
+                cells.append(number(value))
             else:
                 cells.append(str(value))
         table.add_row(str(key), *cells)
@@ -301,6 +105,7 @@ def _rich_table(title: str, frame: Any, columns: list[str], index: str) -> Table
 
 
 @app.command("analyze")
+@talks_to_api
 def analyze_history(
     flow: Annotated[str | None, typer.Option(help="Flow name (default: every flow).")] = None,
     since: Annotated[str, typer.Option(help="Window start: 7d, 12h, 2w or an ISO date.")] = "7d",
@@ -325,8 +130,7 @@ def analyze_history(
 
     history = _read_history(flow, since, deployment, tag or [], refresh, not as_json)
     if history.flow_runs.empty:
-        errors.print(f"no runs match: flow {flow or '(any)'}, since {since}", soft_wrap=True)
-        raise typer.Exit(1)
+        raise _no_runs(flow, since)
     analysis = analyze(
         history.task_runs, history.flow_runs, history.reports, recent=recent, baseline=baseline
     )
@@ -337,8 +141,7 @@ def analyze_history(
             text = render_html(analysis, history.flow_runs, history.task_runs, history.reports,
                                title=f"Resilience analysis: {flow or 'all flows'}")  # fmt: skip
         except RuntimeError as exc:
-            errors.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise fail(str(exc)) from None
         html_file.write_text(text, encoding="utf-8")
     if as_json:
         print(json.dumps(analysis.to_json(), indent=2))
@@ -354,7 +157,7 @@ def analyze_history(
         console.print(_rich_table("steps (failure rate with 95% Wilson interval)", analysis.steps, [
             "runs", "failure_rate", "failure_rate_low", "failure_rate_high", "attempts_mean",
             "recovered_by_retry", "p50_s", "p95_s", "wasted_retry_s"], "step"))  # fmt: skip
-    degradation = analysis.degradation
+    degradation = _judged(analysis.degradation)
     if not degradation.empty:
         console.print(_rich_table(
             f"degradation: last {recent} against the {baseline} before", degradation,
@@ -365,13 +168,22 @@ def analyze_history(
             "task_name"), ["error_type", "template", "failures", "share"], "step"))  # fmt: skip
     hour = analysis.concentration.hour
     console.print(
-        f"failures by hour of day: chi-square p={hour.p_value:.3g} over {hour.failures}"
+        f"failures by hour of day: chi-square p={number(hour.p_value)} over {hour.failures}"
         f" failures in {hour.runs} runs"
         if hour.failures
         else "no failures to place in time"
     )
     if html_file is not None:
         console.print(f"HTML report: {html_file}")
+
+
+def _judged(degradation: Any) -> Any:
+    """The degradation table with its verdict in words where a window had no runs."""
+    if degradation.empty:
+        return degradation
+    empty = (degradation["recent_runs"] == 0) | (degradation["baseline_runs"] == 0)
+    verdict = degradation["degraded"].map({True: "yes", False: "no"}).astype(object)
+    return degradation.assign(degraded=verdict.where(~empty, "not enough runs"))
 
 
 def _read_history(flow: str | None, since: str, deployment: str | None, tags: list[str],
@@ -385,14 +197,32 @@ def _read_history(flow: str | None, since: str, deployment: str | None, tags: li
             refresh=refresh, progress=progress,
         )  # fmt: skip
     except (OSError, httpx.HTTPError) as exc:
-        from prefect.settings import PREFECT_API_URL
+        raise api_failure(exc, "read run history from the Prefect API") from None
 
-        errors.print(
-            f"[red]error:[/red] cannot read run history from the Prefect API at"
-            f" {PREFECT_API_URL.value() or '(embedded server)'}: {exc}",
-            soft_wrap=True,
-        )
-        raise typer.Exit(1) from None
+
+def _no_runs(flow: str | None, since: str) -> typer.Exit:
+    """'No runs match', with the flows of a close name when the name matches none."""
+    close = _close_flow_names(flow) if flow else []
+    hint = f"; flows with a close name: {', '.join(close)}" if close else ""
+    return fail(f"flow {flow or '(any)'}, since {since}{hint}", "no runs match")
+
+
+def _close_flow_names(flow: str) -> list[str]:
+    """Flow names on the server close to `flow` (a function name `daily_etl` finds the flow
+    `daily-etl`); none when the name is one of them or the server cannot say."""
+    import difflib
+
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            names = [f.name for f in client.read_flows(limit=200)]
+    except (OSError, httpx.HTTPError):
+        return []
+    if flow in names:
+        return []
+    same = [n for n in names if n.replace("_", "-").lower() == flow.replace("_", "-").lower()]
+    return same or difflib.get_close_matches(flow, names, n=3, cutoff=0.6)
 
 
 def publish_compliance(report: Any, subject: str, flow_run_id: Any = None) -> bool:
@@ -420,6 +250,7 @@ def publish_compliance(report: Any, subject: str, flow_run_id: Any = None) -> bo
 
 
 @app.command("compliance")
+@talks_to_api
 def compliance_report(
     flow: Annotated[str | None, typer.Option(help="Flow name (default: every flow).")] = None,
     since: Annotated[str, typer.Option(help="Window start: 30d, 12h, 2w or an ISO date.")] = "30d",
@@ -443,8 +274,7 @@ def compliance_report(
 
     history = _read_history(flow, since, deployment, tag or [], refresh, not as_json)
     if history.flow_runs.empty:
-        errors.print(f"no runs match: flow {flow or '(any)'}, since {since}", soft_wrap=True)
-        raise typer.Exit(1)
+        raise _no_runs(flow, since)
     report = evaluate(history.flow_runs, history.task_runs, history.reports, min_sample=min_sample)
     subject = flow or "all-flows"
     published = publish_compliance(report, subject)
@@ -483,6 +313,7 @@ def compliance_report(
 
 
 @app.command("optimize")
+@talks_to_api
 def optimize_flow(
     flow: Annotated[str, typer.Option(help="Flow name.")],
     policy: Annotated[
@@ -526,7 +357,7 @@ def optimize_flow(
                 flow, policy, time_budget_s=budget, since=_since(since), refresh=refresh
             )
         except ResilienceConfigError as exc:
-            raise _fail(exc) from None
+            raise config_failure(exc) from None
         for step, what in said.items():
             console.print(f"{step}: {what}", soft_wrap=True)
         if version is None:
@@ -542,18 +373,17 @@ def optimize_flow(
         try:
             version = optimize.apply_candidate(flow, apply, policy)
         except ResilienceConfigError as exc:
-            raise _fail(exc) from None
+            raise config_failure(exc) from None
         console.print(f"{policy}: saved version {version.number} ({version.note})")
         console.print(f"undo with: prefect-resilience policy rollback {policy}")
         return
     try:
         current = load_block_policy(policy) if policy else None
     except ResilienceConfigError as exc:
-        raise _fail(exc) from None
+        raise config_failure(exc) from None
     history = _read_history(flow, since, None, [], refresh, not as_json)
     if history.flow_runs.empty:
-        errors.print(f"no runs match: flow {flow}, since {since}", soft_wrap=True)
-        raise typer.Exit(1)
+        raise _no_runs(flow, since)
     proposal = propose(
         history.task_runs, history.flow_runs, history.reports, current, bootstrap=bootstrap
     )
@@ -572,6 +402,7 @@ def optimize_flow(
 
 
 @app.command("scale")
+@talks_to_api
 def scale_flow(
     flow: Annotated[str | None, typer.Option(help="Flow name (default: every flow).")] = None,
     since: Annotated[str, typer.Option(help="History to forecast from: 28d, 2w, a date.")] = "28d",
@@ -584,8 +415,7 @@ def scale_flow(
 
     history = _read_history(flow, since, None, [], refresh, True)
     if history.flow_runs.empty:
-        errors.print(f"no runs match: flow {flow or '(any)'}, since {since}", soft_wrap=True)
-        raise typer.Exit(1)
+        raise _no_runs(flow, since)
     advice = recommend_scaling(history.flow_runs, history.task_runs, period=period, horizon=horizon)
     if not advice.ok:
         console.print(f"no recommendation: {advice.reason}", soft_wrap=True)
@@ -603,6 +433,7 @@ def scale_flow(
 
 
 @app.command("register")
+@talks_to_api
 def register_blocks() -> None:
     """Register the Resilience Policy block type with the Prefect server."""
     from prefect_resilience.blocks import ResiliencePolicy
@@ -616,6 +447,7 @@ app.add_typer(report_app, name="report")
 
 
 @report_app.command("upload")
+@talks_to_api
 def upload_reports() -> None:
     """Publish reports kept locally while the Prefect API was unreachable, and the
     reports of runs whose process was killed (from their step journals).
@@ -627,7 +459,11 @@ def upload_reports() -> None:
 
     summary = upload_pending()
     for path, reason in summary.failed:
-        errors.print(f"[red]failed:[/red] {path}: {reason}", highlight=False, soft_wrap=True)
+        errors.print(
+            f"[red]failed:[/red] {escape(str(path))}: {escape(str(reason))}",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(
         f"{len(summary.uploaded)} uploaded, {len(summary.recovered)} reported from step journals,"
         f" {len(summary.running)} still running, {len(summary.failed)} failed ({pending_dir()})",

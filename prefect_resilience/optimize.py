@@ -91,10 +91,16 @@ def apply_candidate(flow_name: str, candidate_id: str, block: str) -> PolicyVers
             field="apply",
         )
     current = load_block_policy(block)
-    if published.get("block") != block or published.get("fingerprint") != fingerprint(current):
+    made_for = published.get("block")
+    if made_for != block or published.get("fingerprint") != fingerprint(current):
+        why = (
+            f"the latest proposal for {flow_name!r} was made for "
+            + (f"policy block {made_for!r}" if made_for else "no policy block")
+            if made_for != block
+            else f"policy block {block!r} changed since the proposal was made"
+        )
         raise ResilienceConfigError(
-            f"policy block {block!r} changed since the proposal was made (or the proposal was"
-            f" made for {published.get('block')!r}); its predictions no longer hold. Run"
+            f"{why}; its predictions do not hold for {block!r}. Run"
             f" `prefect-resilience optimize --flow {flow_name} --policy {block}` again",
             field="apply",
         )
