@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from prefect_resilience import fallbacks
@@ -56,12 +57,38 @@ def validate(
     """Check policy documents; exit 1 naming the field and line of each problem."""
     for path in files:
         policy = _read(str(path))
+        _check_exception_names(policy, path)
         console.print(
             f"[green]valid:[/green] {path} ({policy.name or 'unnamed'},"
             f" {len(policy.step_policies)} step policies)",
             soft_wrap=True,
             highlight=False,
         )
+
+
+def _check_exception_names(policy: WorkflowPolicy, path: Path) -> None:
+    """Exit 1 naming each `retry_on` / `give_up_on` name that names no exception."""
+    from prefect_resilience.exception_names import unknown_names
+
+    listed = {
+        f"step policy {rule.match!r} {field}": getattr(rule, field)
+        for rule in policy.step_policies
+        for field in ("retry_on", "give_up_on")
+    }
+    unknown = unknown_names(listed)
+    if not unknown:
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for problem in unknown:
+        line = next((i + 1 for i, text in enumerate(lines) if problem.name in text), None)
+        where = f"{path}, line {line}" if line else str(path)
+        errors.print(f"[red]invalid:[/red] {escape(f'{where}: {problem}')}", highlight=False)
+    errors.print(
+        "a name is known when it is a builtin exception, module.Class found on the path,"
+        " or a glob such as *Error (which is taken as written)",
+        highlight=False,
+    )
+    raise typer.Exit(1)
 
 
 FROM_STEP = "(step's own)"

@@ -137,3 +137,45 @@ def test_markup_in_messages_is_printed_as_written() -> None:
     with errors.capture() as captured:
         fail("pip install 'prefect-resilience[plots]'")
     assert "prefect-resilience[plots]" in captured.get()
+
+
+def test_validate_names_a_misspelt_exception_and_accepts_real_ones(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "stepPolicies:\n  - match: fetch\n    retries: 2\n"
+        "    retryOn: [ConnectionError, httpx.HTTPStatusError, 'Timeout*']\n"
+        "    giveUpOn: [json.JSONDecodeError]\n"
+    )
+    assert runner.invoke(app, ["policy", "validate", str(good)]).exit_code == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "stepPolicies:\n  - match: fetch\n    retries: 2\n    retryOn: [ConnectionErrror]\n"
+    )
+    result = runner.invoke(app, ["policy", "validate", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}, line 4: step policy 'fetch' retry_on: unknown exception" in result.output
+    assert "did you mean ConnectionError?" in result.output
+
+
+def test_validate_never_imports_a_module_a_document_names(tmp_path: Path) -> None:
+    """A module with an import side effect, named by a policy: validate reads, never runs it."""
+    (tmp_path / "booby_trap.py").write_text(
+        "import pathlib\npathlib.Path(__file__).with_suffix('.ran').write_text('ran')\n"
+        "class TrapError(Exception):\n    pass\n"
+    )
+    policy = tmp_path / "trap.yaml"
+    policy.write_text(
+        "stepPolicies:\n  - match: s\n    retries: 1\n"
+        "    retryOn: [booby_trap.TrapError, booby_trap.Missing]\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect_resilience.cli", "policy", "validate", str(policy)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+        timeout=120,
+    )
+    assert not (tmp_path / "booby_trap.ran").exists()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "'booby_trap.Missing'" in done.stderr and "'booby_trap.TrapError'" not in done.stderr

@@ -248,8 +248,11 @@ def test_relative_links_and_anchors_resolve() -> None:
 
 
 def _command_lines(fence: Fence) -> Iterator[list[str]]:
+    """Each line's words, up to a shell redirection or pipe (the shell's, not the command's)."""
     for line in fence.body.splitlines():
         words = shlex.split(line, comments=True)
+        shell = next((i for i, w in enumerate(words) if w in {">", ">>", "|", "2>&1"}), None)
+        words = words[:shell]
         if words:
             yield words
 
