@@ -30,7 +30,7 @@ import runpy
 import shlex
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -382,6 +382,20 @@ class GuideRun:
     outputs: list[tuple[str, str]] = field(default_factory=list)  # (command, output)
 
 
+_LOOP = re.compile(r"^for \w+ in \$\(seq (?P<times>\d+)\); do (?P<body>[^;]+); done$")
+
+
+def _repeated(fence: Fence) -> Iterator[tuple[list[str], int]]:
+    """Each command line with how many times to run it: a guide's `for ... $(seq N)` loop
+    of one command runs it N times."""
+    for line in fence.body.splitlines():
+        loop = _LOOP.match(line.strip())
+        if loop:
+            yield shlex.split(loop["body"]), int(loop["times"])
+        else:
+            yield from ((words, 1) for words in _command_lines(replace(fence, body=line)))
+
+
 def _run_line(words: list[str], workdir: Path) -> str | None:
     if tuple(words[:2]) in SETUP_COMMANDS:
         return None  # the test has its own environment and server
@@ -410,10 +424,11 @@ def run_guide(page: Path, workdir: Path, on_marker: Callable[[Marker], None]) ->
         elif "file" in item.attrs:
             (workdir / item.attrs["file"]).write_text(item.body, encoding="utf-8")
         elif item.lang == "sh":
-            for words in _command_lines(item):
-                output = _run_line(words, workdir)
-                if output is not None:
-                    run.outputs.append((" ".join(words), output))
+            for words, times in _repeated(item):
+                for _ in range(times):
+                    output = _run_line(words, workdir)
+                    if output is not None:
+                        run.outputs.append((" ".join(words), output))
         elif item.lang == "text" and "output" in item.flags:
             command, output = run.outputs[-1]
             printed = [line.strip() for line in output.splitlines()]
@@ -454,7 +469,7 @@ def test_quickstart_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert [command for command, _ in run.outputs] == ["python quickstart.py"]
 
 
-def _latest_reports(flow_name: str, count: int) -> list[Any]:
+def _reports_oldest_first(flow_name: str) -> list[Any]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
@@ -464,10 +479,10 @@ def _latest_reports(flow_name: str, count: int) -> list[Any]:
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
-            sort=FlowRunSort.START_TIME_DESC,
-            limit=count,
+            sort=FlowRunSort.START_TIME_ASC,
+            limit=200,
         )
-    return [get_report(r.id) for r in reversed(runs)]
+    return [get_report(r.id) for r in runs]
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -476,25 +491,24 @@ def test_migration_guide_runs_as_written(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.chdir(tmp_path)
     run = run_guide(DOCS / "migrating.md", tmp_path, _edit_block)
-    assert sum(command == "python orders.py" for command, _ in run.outputs) == 6
+    commands = [command for command, _ in run.outputs]
+    assert commands.count("python orders.py") == 6 + 20  # steps 3-5, and step 7's loop
 
-    # what the guide says of the UI edit: versions, and one attempt instead of three
-    notes = [v.note for v in blocks.history("orders-policy")]
-    assert notes == ["applied from orders-policy.yaml", "edited outside"]
-    before, after = _latest_reports("nightly-orders", 2)
+    # what the guide says of the UI edit: one attempt instead of three
+    runs = _reports_oldest_first("nightly-orders")
+    assert len(runs) == 26
     attempts = [
-        next(s.attempts for s in report.steps if s.name == "recommend")
-        for report in (before, after)
+        next(s.attempts for s in report.steps if s.name == "recommend") for report in runs[4:6]
     ]
     assert attempts == [3, 1]
 
-    # what the guide says the analysis shows
+    # what the guide says the analysis shows (step 6 ran after 6 runs; the figures hold)
     result = runner.invoke(
         app, ["analyze", "--flow", "nightly-orders", "--since", "1d", "--json", "--refresh"]
     )
     assert result.exit_code == 0, result.output
     analysis = json.loads(result.output)
-    assert analysis["flow_runs"] == 6
+    assert analysis["flow_runs"] == 26
     steps = {row["task_name"]: row for row in analysis["steps"]}
     assert steps["recommend"]["failure_rate"] == 1.0
     assert steps["recommend"]["recovered_by_retry"] == 0
@@ -502,6 +516,18 @@ def test_migration_guide_runs_as_written(tmp_path: Path, monkeypatch: pytest.Mon
     assert [(p["error_type"], p["template"]) for p in patterns] == [
         ("ConnectionError", "recommendation service is down")
     ]
+
+    # step 7: optimize read 26 runs; the rollback brought back version 1 as version 3
+    (proposal,) = [
+        out for command, out in run.outputs if command.startswith("prefect-resilience optimize")
+    ]
+    assert "at least 20 are needed" not in proposal
+    notes = [v.note for v in blocks.history("orders-policy")]
+    assert notes == ["applied from orders-policy.yaml", "edited outside", "rollback to version 1"]
+    assert (
+        blocks.load_block_policy("orders-policy").step_policies
+        == load_policy(tmp_path / "orders-policy.yaml").step_policies
+    )
 
 
 @pytest.mark.usefixtures("prefect_server")
