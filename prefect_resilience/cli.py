@@ -393,7 +393,7 @@ def optimize_flow(
         return
     from rich.markdown import Markdown
 
-    console.print(Markdown(optimize.to_markdown(proposal)))
+    console.print(Markdown(optimize.to_markdown(proposal, policy)))
     if policy and any(c.applicable for c in proposal.candidates):
         console.print(
             f"apply one with: prefect-resilience optimize --flow {flow!r}"

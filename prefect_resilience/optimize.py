@@ -42,7 +42,7 @@ def publish_proposal(proposal: Proposal, block: str | None, policy_fingerprint: 
     description = f"Optimization candidates for {flow}"
     create_artifact(artifact_key("proposal", flow), PROPOSAL_TYPE, data, description)
     create_artifact(
-        artifact_key("candidates", flow), "markdown", to_markdown(proposal), description
+        artifact_key("candidates", flow), "markdown", to_markdown(proposal, block), description
     )
 
 
@@ -109,14 +109,17 @@ def apply_candidate(flow_name: str, candidate_id: str, block: str) -> PolicyVers
     return save_policy(block, patched, note=note)
 
 
-def to_markdown(proposal: Proposal) -> str:
-    """The candidates as a markdown table with their predictions, then what was rejected."""
+def to_markdown(proposal: Proposal, against: str | None = None) -> str:
+    """The candidates as a markdown table with their predictions, then what was rejected.
+
+    `against` names the policy block the predictions were made against, if any.
+    """
     lines = [
         f"# Optimization candidates: {proposal.flow_name or 'flow'}",
         "",
-        f"{proposal.flow_runs} finished flow runs. Model backtest error (failed-run rate on"
-        f" the latest third of runs): {_number(proposal.backtest_error)}; sampling noise"
-        f" alone gives about ±{_number(proposal.backtest_noise)}.",
+        f"{proposal.flow_runs} finished flow runs. {_backtest(proposal)}",
+        "",
+        _baseline(against),
     ]
     if proposal.note:
         lines += ["", proposal.note]
@@ -138,6 +141,42 @@ def to_markdown(proposal: Proposal) -> str:
     if proposal.rejected:
         lines += ["", "## Not proposed", "", *(f"- {r}" for r in proposal.rejected)]
     return "\n".join(lines) + "\n"
+
+
+def _backtest(proposal: Proposal) -> str:
+    """How well the model predicted the latest third of the runs, or why that is unknown."""
+    if proposal.backtest_error is None:
+        return (
+            "No backtest of the model yet: it is fitted on the earlier two thirds of the runs"
+            " and checked on the latest third, and each part needs at least 10 finished runs"
+            f" (30 in all; this history has {proposal.flow_runs})."
+        )
+    noise = (
+        f"; sampling noise alone gives about ±{_number(proposal.backtest_noise)}"
+        if proposal.backtest_noise is not None
+        else ""
+    )
+    return (
+        "Model backtest error (failed-run rate on the latest third of runs):"
+        f" {_number(proposal.backtest_error)}{noise}."
+    )
+
+
+def _baseline(against: str | None) -> str:
+    """What the predictions are relative to, and why `--policy` changes them."""
+    if against:
+        return (
+            f"Predicted against policy block `{against}`: the model runs the flow under its"
+            " step rules (retries, fallbacks, criticality) and termination rules, and each"
+            " candidate is a change to that block."
+        )
+    return (
+        "Predicted against the default workflow policy (no `--policy` given): no termination"
+        " rules and no step rules, so a step's retries and fallbacks are only what its runs"
+        " show. Against the block the flow runs with, the same history gives other gains,"
+        " ROI and confidence (its rules change which runs fail, and what a candidate"
+        " changes); pass `--policy NAME` for those, and to apply one."
+    )
 
 
 def _number(value: float | None) -> str:
