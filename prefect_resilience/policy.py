@@ -424,6 +424,13 @@ class StepPolicy(_Model):
         return self.policy is not FailurePolicy.FAIL_FAST
 
 
+def _match_first(schema: dict[str, Any]) -> None:
+    """Put `match` first in a step rule's JSON schema, so forms (Prefect's UI) show it first."""
+    properties = schema.get("properties", {})
+    if "match" in properties:
+        schema["properties"] = {"match": properties.pop("match"), **properties}
+
+
 class StepRule(StepPolicy):
     """A step policy in a workflow policy, with the steps it applies to.
 
@@ -432,6 +439,8 @@ class StepRule(StepPolicy):
     seed's `critical-database-setup` matches a task named
     `critical_database_setup`.
     """
+
+    model_config = ConfigDict(json_schema_extra=_match_first)
 
     match: str = Field(
         min_length=1,
