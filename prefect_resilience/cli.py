@@ -24,6 +24,7 @@ from prefect_resilience.cli_output import (
     talks_to_api,
 )
 from prefect_resilience.cli_policy import policy_app
+from prefect_resilience.cli_simulate import simulate
 from prefect_resilience.errors import ResilienceConfigError
 
 app = typer.Typer(
@@ -441,6 +442,8 @@ def register_blocks() -> None:
     ResiliencePolicy.register_type_and_schema()
     console.print("registered block type: Resilience Policy (resilience-policy)")
 
+
+app.command("simulate")(simulate)
 
 report_app = typer.Typer(help="Run reports kept on this machine.", no_args_is_help=True)
 app.add_typer(report_app, name="report")

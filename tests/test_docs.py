@@ -522,6 +522,9 @@ def test_migration_guide_runs_as_written(tmp_path: Path, monkeypatch: pytest.Mon
         out for command, out in run.outputs if command.startswith("prefect-resilience optimize")
     ]
     assert "at least 20 are needed" not in proposal
+    (simulated,) = [out for command, out in run.outputs if "prefect-resilience simulate" in command]
+    assert "predicted from 26 finished flow runs; block orders-policy (in force)" in simulated
+    assert "runs terminated" in simulated
     notes = [v.note for v in blocks.history("orders-policy")]
     assert notes == ["applied from orders-policy.yaml", "edited outside", "rollback to version 1"]
     assert (
