@@ -214,10 +214,9 @@ def check_policy(
         console.print(f"fallbacks named, all available: {', '.join(named)}", soft_wrap=True)
 
 
-def _note_fallbacks(planned: list[tuple[str, Path, WorkflowPolicy]], flow: str | None) -> None:
-    """With `--flow`, check every fallback against its code; without, say which to check."""
-    if flow:
-        _load_flow(flow)
+def _note_fallbacks(planned: list[tuple[str, Path, WorkflowPolicy]], flow: Any) -> None:
+    """With the flow, check every fallback against its code; without, say which to check."""
+    if flow is not None:
         for _, file, _ in planned:
             _check_for_flow(file)
         return
@@ -249,6 +248,20 @@ def show_changes(changes: list[Any], dry_run: bool) -> None:
             console.print(change.diff, highlight=False, markup=False, soft_wrap=True)
 
 
+def _predict(changes: list[Any], flow_name: str) -> None:
+    """For each block a dry run would update: its predicted effect on the flow (`simulate`)."""
+    from prefect_resilience.blocks import load_block_policy
+    from prefect_resilience.cli_simulate import predicted_effect
+
+    for change in changes:
+        if change.action != "updated" or change.policy is None:
+            continue
+        now = load_block_policy(change.name)
+        text = predicted_effect(flow_name, now, change.name, change.policy, str(change.path))
+        said = text or f"no prediction: flow {flow_name!r} has no runs in the last 30 days"
+        console.print(f"predicted effect on {flow_name}:\n{said}", highlight=False, markup=False)
+
+
 @policy_app.command("apply")
 @talks_to_api
 def apply_policies(
@@ -270,15 +283,20 @@ def apply_policies(
     newest version this file did not write (`optimize --apply`, a rollback, a
     UI edit) is not overwritten without `--force`; `policy export NAME` writes
     that version back to a file instead. With `--flow`, each fallback a file
-    names must be one that flow's code makes available.
+    names must be one that flow's code makes available, and `--dry-run` also
+    predicts each change's effect on that flow from its history (`simulate`).
     """
     from prefect_resilience import blocks
 
     try:
         planned = blocks.plan_apply(paths)
-        _note_fallbacks(planned, flow)
+        flow_object = _load_flow(flow) if flow else None
+        _note_fallbacks(planned, flow_object)
         if dry_run:
-            show_changes(blocks.plan_changes(paths), dry_run=True)
+            changes = blocks.plan_changes(paths)
+            show_changes(changes, dry_run=True)
+            if flow_object is not None:
+                _predict(changes, flow_object.name)
             return
         blocks.ResiliencePolicy.register_type_and_schema()
         changes = blocks.apply(paths, force=force)

@@ -62,18 +62,37 @@ def simulate(
     draws: termination and completion rates, health, seconds lost to failed
     attempts and run time, each with a 90% interval of the change and its n.
     """
-    from prefect_resilience.cli import _no_runs, _read_history
-    from prefect_resilience.simulate import compare_policies
+    from prefect_resilience.cli import _no_runs
 
     try:
         proposed = _policy(policy)
         now, now_name = _in_force(proposed, current)
     except ResilienceConfigError as exc:
         raise config_failure(exc) from None
-    history = _read_history(flow, since, None, [], refresh, True)
-    if history.flow_runs.empty:
+    text = predicted_effect(flow, now, now_name, proposed, policy, since, bootstrap, refresh)
+    if text is None:
         raise _no_runs(flow, since)
+    console.print(text, highlight=False, markup=False)
+
+
+def predicted_effect(
+    flow: str,
+    now: WorkflowPolicy,
+    now_name: str,
+    proposed: WorkflowPolicy,
+    proposed_name: str,
+    since: str = "30d",
+    bootstrap: int = 40,
+    refresh: bool = False,
+) -> str | None:
+    """The prediction as text, from the flow's history; None when the flow has no runs."""
+    from prefect_resilience.cli import _read_history
+    from prefect_resilience.simulate import compare_policies
+
+    history = _read_history(flow, since, None, [], refresh, False)
+    if history.flow_runs.empty:
+        return None
     comparison = compare_policies(
         history.task_runs, history.flow_runs, history.reports, now, proposed, bootstrap=bootstrap
     )
-    console.print(comparison.to_text(now_name, policy), highlight=False, markup=False)
+    return comparison.to_text(now_name, proposed_name)

@@ -179,3 +179,33 @@ def test_validate_never_imports_a_module_a_document_names(tmp_path: Path) -> Non
     assert not (tmp_path / "booby_trap.ran").exists()
     assert done.returncode == 1, done.stdout + done.stderr
     assert "'booby_trap.Missing'" in done.stderr and "'booby_trap.TrapError'" not in done.stderr
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_dry_run_with_the_flow_predicts_each_change(tmp_path: Path) -> None:
+    (tmp_path / "dry_flow.py").write_text(
+        "from prefect import flow\n"
+        "from prefect_resilience import resilient\n\n"
+        "@resilient(retries=1, retry_delay=0)\n"
+        "def fetch(i: int) -> int:\n"
+        "    return i\n\n"
+        "@flow(name='dry-run-flow')\n"
+        "def dry_flow(i: int = 0) -> int:\n"
+        "    return fetch(i)\n"
+    )
+    from prefect.flows import load_flow_from_entrypoint
+
+    dry_flow = load_flow_from_entrypoint(f"{tmp_path / 'dry_flow.py'}:dry_flow")
+    for i in range(20):
+        dry_flow(i)
+    file = tmp_path / "dry-policy.yaml"
+    file.write_text("name: dry-policy\nstepPolicies:\n  - match: fetch\n    retries: 1\n")
+    assert runner.invoke(app, ["policy", "apply", str(file)]).exit_code == 0
+    file.write_text("name: dry-policy\nstepPolicies:\n  - match: fetch\n    retries: 3\n")
+    entrypoint = f"{tmp_path / 'dry_flow.py'}:dry_flow"
+    result = runner.invoke(app, ["policy", "apply", str(file), "--dry-run", "--flow", entrypoint])
+    assert result.exit_code == 0, result.output
+    assert "would be updated dry-policy" in result.output
+    assert "predicted effect on dry-run-flow:" in result.output
+    assert "predicted from 20 finished flow runs; dry-policy (in force)" in result.output
+    assert load_block_policy("dry-policy").step_policies[0].retries == 1  # nothing written
