@@ -30,7 +30,8 @@ def history(
     steps: list[dict[str, Any]], runs: int, seed: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Flow runs of sequential steps. A step dict: name, policy, retries, p (per-attempt
-    failure chance), persistent (p is per run: every attempt fails), critical, impact."""
+    failure chance), persistent (p is per run: every attempt fails), critical, impact,
+    follows (a step whose failure makes every attempt of this one fail)."""
     rng = random.Random(seed)
     flows, tasks, reports = [], [], []
     for i in range(runs):
@@ -41,6 +42,7 @@ def history(
             if stopped:
                 break
             broken = step.get("persistent") and rng.random() < step["p"]
+            broken = broken or step.get("follows") in lost  # fails whenever that step did
             attempts, ok = 0, False
             while attempts <= step.get("retries", 0):
                 attempts += 1
@@ -314,3 +316,47 @@ def test_a_backoff_is_learned_where_longer_waits_recovered_more_often() -> None:
     assert backoff.before["failure_rate"] == pytest.approx(0.2, abs=0.07)
     assert backoff.after["failure_rate"] < 0.1
     assert backoff.gain > 0.5 and backoff.confidence >= 0.8
+
+
+def test_a_change_within_the_noise_of_its_runs_is_held_back_with_the_runs_it_needs() -> None:
+    steps = [
+        {"name": "extract", "policy": "fail_fast", "critical": True, "p": 0.3},
+        {"name": "notify", "policy": "continue", "impact": "minor", "p": 0.3},
+    ]
+    # a fallback for notify moves flow health a little, while extract's failures move it a lot
+    tasks, flows, reports = history(steps, 30, seed=3)
+    proposal = propose(tasks, flows, reports, bootstrap=20)
+    assert "fallback" not in {c.kind for c in proposal.candidates}
+    (held,) = [r for r in proposal.rejected if r.startswith("fallback notify: held back")]
+    assert "within the noise of 30 runs before and 30 after" in held
+    needed = int(held.rsplit("about ", 1)[1].split()[0])
+    assert needed > 30
+    # with enough runs the same change stands out and is proposed
+    tasks, flows, reports = history(steps, max(needed * 4, 400), seed=3)
+    proposal = propose(tasks, flows, reports, bootstrap=20)
+    assert "fallback" in {c.kind for c in proposal.candidates}
+    assert not [r for r in proposal.rejected if "held back" in r]
+
+
+def test_a_step_that_fails_after_an_earlier_ones_failures_is_modelled_as_depending_on_it() -> None:
+    steps = [
+        {"name": "lookup", "policy": "continue", "impact": "minor", "p": 0.3},
+        {"name": "join", "policy": "continue", "p": 0.05, "follows": "lookup"},
+        {"name": "save", "policy": "continue", "p": 0.3},
+    ]
+    tasks, flows, reports = history(steps, 300, seed=8)
+    model = fit(tasks, flows, reports)
+    join = model.step("join")
+    assert join.depends_on == "lookup"
+    assert join.hazard(1) == pytest.approx(0.95, abs=0.04)  # its own failures
+    assert join.hazard(1, upstream_down=True) == 0.0  # after lookup failed, always
+    assert model.step("save").depends_on is None  # independent failures stay independent
+    observed = realised_metrics(tasks, flows, reports)
+    predicted = simulate(model, WorkflowPolicy(), runs=4000, seed=1)
+    assert predicted.unavailable["join"] == pytest.approx(observed["lost:join"], abs=0.05)
+    # a fallback that always carries lookup leaves join only its own failures
+    carried = model.with_step(
+        "lookup", step=StepPolicy(policy=FailurePolicy.GRACEFUL_DEGRADATION), fallback_rescue=1.0
+    )
+    rescued = simulate(carried, WorkflowPolicy(), runs=4000, seed=1)
+    assert rescued.unavailable["join"] == pytest.approx(1 - join.hazard(1), abs=0.02)

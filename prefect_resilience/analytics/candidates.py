@@ -58,6 +58,9 @@ MIN_FAILURE_RATE = 0.02
 """A step failing for good less often than this is not worth a change."""
 VIABLE_CONFIDENCE = 0.5
 """A candidate below this confidence is reported as rejected, with its figures."""
+TELL_Z = 1.645
+"""A predicted change must exceed this many standard errors of the difference that
+as many runs after the change as history has before could measure (one-sided 95%)."""
 MAX_RETRIES = 10
 BACKOFF_EXTRA_S = 60.0
 """A learned backoff may make a step's worst case this much longer than its schedule now."""
@@ -173,6 +176,7 @@ def propose(
         *_parallel_pairs(task_runs, model),
     ]
     replicates = _replicates(task_runs, flow_runs, reports, policy, bootstrap, seed)
+    spread = measurement_noise(task_runs, flow_runs, reports, bootstrap, seed)
     scored = []
     for change in changes:
         candidate = _score(change, model, policy, replicates, floor, runs, seed)
@@ -185,6 +189,8 @@ def propose(
                 f"{change.kind} {change.step}: confidence {candidate.confidence:.2f} is under"
                 f" {VIABLE_CONFIDENCE} (predicted gain {candidate.gain:+.1%})"
             )
+        elif (held := _held_back(candidate, spread, model.flow_runs)) is not None:
+            rejected.append(held)
         else:
             scored.append(candidate)
     scored.sort(key=lambda c: (-c.roi, -c.confidence, c.id))
@@ -536,6 +542,68 @@ def _score(
             "confidence_floor": floor,
         },
     )
+
+
+def measurement_noise(
+    task_runs: pd.DataFrame,
+    flow_runs: pd.DataFrame,
+    reports: pd.DataFrame | None,
+    count: int = 40,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Per metric: the standard error of its value over as many runs as history holds.
+
+    It is what a comparison of those runs with as many runs after a change can
+    resolve, measured by resampling the finished flow runs (the bootstrap), so
+    each metric's own spread from run to run counts, not a formula for it.
+    """
+    finished = flow_runs[state_types(flow_runs).isin(FINISHED_STATES).fillna(False).to_numpy(bool)]
+    ids = finished["flow_run_id"].to_numpy()
+    if not len(ids):
+        return {}
+    rng = np.random.default_rng(seed)
+    frames = [task_runs, finished, reports if reports is not None else pd.DataFrame()]
+    drawn = pd.DataFrame(
+        [realised_metrics(*_drawn_frames(frames, ids, rng)) for _ in range(max(count, 2))]
+    )
+    return {str(k): float(v) for k, v in drawn.std().items()}
+
+
+def _drawn_frames(
+    frames: list[pd.DataFrame], ids: np.ndarray, rng: np.random.Generator
+) -> list[pd.DataFrame]:
+    """`resample_runs` over the frames that have runs; reports are kept only when keyed."""
+    keyed = [f for f in frames if "flow_run_id" in f.columns]
+    drawn = iter(resample_runs(keyed, ids, rng))
+    return [next(drawn) if "flow_run_id" in f.columns else f for f in frames]
+
+
+def _held_back(candidate: Candidate, noise: dict[str, float], runs: int) -> str | None:
+    """Why a candidate is held back, or None: its effect must stand out from noise.
+
+    Two tests. Its predicted 90% interval must exclude no gain, and the change
+    it predicts in its metric must exceed `TELL_Z` standard errors of what as
+    many runs again as history holds could measure (the noise of `runs` runs
+    before and `runs` after). The reason names the runs that would be enough.
+    """
+    low, high = candidate.gain_interval
+    delta = candidate.before[candidate.metric] - candidate.after[candidate.metric]
+    spread = noise.get(candidate.metric, float("nan")) * np.sqrt(2)
+    said = f"{candidate.kind} {candidate.step}: held back, predicted gain {candidate.gain:+.1%}"
+    if np.isfinite(low) and low <= 0:
+        needed = runs * ((high - low) / 2 / candidate.gain) ** 2
+        return (
+            f"{said}, but its 90% interval ({low:+.1%} .. {high:+.1%}) includes no gain at"
+            f" {runs} runs; about {int(np.ceil(needed))} runs would tell it from noise"
+        )
+    if np.isfinite(spread) and delta > 0 and delta <= TELL_Z * spread:
+        needed = runs * (TELL_Z * spread / delta) ** 2
+        return (
+            f"{said}, but a change of {delta:.3g} in {candidate.metric} is within the noise of"
+            f" {runs} runs before and {runs} after (standard error {spread:.3g}); about"
+            f" {int(np.ceil(needed))} runs each would tell it"
+        )
+    return None
 
 
 def _models_step(model: WorkflowModel, name: str) -> bool:

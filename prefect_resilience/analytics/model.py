@@ -10,7 +10,9 @@ a failure, `health.HealthLedger` judges the run. So a prediction uses exactly
 the rules the real runs use, and only the failure process is estimated.
 
 What the model assumes, and the replay harness (bench/replay.py) measures:
-steps fail independently of each other and of time; an attempt beyond the
+steps fail independently of time, and of each other except where history
+shows a step failing far more often in the runs where an earlier step failed
+for good (a co-failure: `depends_on`); an attempt beyond the
 last one history shows succeeds as often as the last one it does show
 (`hazard`), which is right for transient failures and wrong for outages that
 outlast the retries.
@@ -38,6 +40,9 @@ from ._common import FAILED_STATES, FINISHED_STATES, durations, names, state_typ
 
 MIN_STEP_RUNS = 5
 """A step with fewer finished task runs is not modelled: its rates would be noise."""
+DEPENDENCE_Z = 3.0
+"""How far (in standard errors) a step's failure rate after an earlier step's failure must
+exceed its rate otherwise before the model makes it depend on that step."""
 
 
 @dataclass(frozen=True)
@@ -61,20 +66,23 @@ class StepModel:
     """The policy the runs applied; retries are the most any failed run used, minus one."""
     fallback_rescue: float = 0.0
     """Share of this step's unrecovered failures a fallback carried (graceful only)."""
+    depends_on: str | None = None
+    """An earlier step whose failures this one follows (a co-failure history shows). Then
+    `reached`/`succeeded` count the runs where that step delivered (succeeded, recovered
+    or degraded), and `reached_if_down`/`succeeded_if_down` the runs where it did not."""
+    reached_if_down: tuple[int, ...] = ()
+    succeeded_if_down: tuple[int, ...] = ()
 
-    def hazard(self, attempt: int) -> float:
-        """P(attempt succeeds | every earlier attempt failed).
+    def hazard(self, attempt: int, upstream_down: bool = False) -> float:
+        """P(attempt succeeds | every earlier attempt failed), in runs where the step it
+        depends on delivered (or, with `upstream_down`, did not).
 
         Beyond the attempts history shows, the last observed hazard is reused:
         the assumption of independent attempts, stated in the module docstring.
         """
-        shown = [k for k, n in enumerate(self.reached, start=1) if n > 0]
-        if not shown:
-            return 0.0
-        k = min(attempt, shown[-1])
-        while self.reached[k - 1] == 0:
-            k -= 1
-        return self.succeeded[k - 1] / self.reached[k - 1]
+        if upstream_down and self.depends_on is not None:
+            return _hazard(self.reached_if_down, self.succeeded_if_down, attempt)
+        return _hazard(self.reached, self.succeeded, attempt)
 
     def failure_rate(self, retries: int | None = None) -> float:
         """Chance that the step fails for good with `retries` (default: its own)."""
@@ -85,6 +93,16 @@ class StepModel:
     def retry_evidence(self) -> int:
         """Runs that reached a retry (attempt 2 or later): what a retry claim rests on."""
         return self.reached[1] if len(self.reached) > 1 else 0
+
+
+def _hazard(reached: tuple[int, ...], succeeded: tuple[int, ...], attempt: int) -> float:
+    shown = [k for k, n in enumerate(reached, start=1) if n > 0]
+    if not shown:
+        return 0.0
+    k = min(attempt, shown[-1])
+    while reached[k - 1] == 0:
+        k -= 1
+    return succeeded[k - 1] / reached[k - 1]
 
 
 @dataclass(frozen=True)
@@ -167,6 +185,7 @@ def fit(
             continue
         steps.append(_step_model(str(name), group, start_of, policy, rescue.get(str(name), 0.0)))
     steps.sort(key=lambda s: s.offset_s)
+    steps = _with_dependences(steps, runs)
     return WorkflowModel(
         flow_name=str(flow_names[0]) if len(flow_names) == 1 else None,
         steps=tuple(steps),
@@ -177,6 +196,24 @@ def fit(
     )
 
 
+def _attempt_counts(group: pd.DataFrame) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Per attempt k: the task runs whose attempt k has an outcome, and those it succeeded."""
+    attempts = _attempts(group)
+    if attempts.empty:
+        return (), ()
+    failed = state_types(group).isin(FAILED_STATES).to_numpy(bool)
+    most = int(attempts.max())
+    ended_at = np.bincount(attempts, minlength=most + 2)  # runs whose last attempt was k
+    went_past = ended_at[::-1].cumsum()[::-1]  # runs with run_count >= k
+    reached = tuple(int(went_past[k]) for k in range(1, most + 1))
+    won = np.bincount(attempts[~failed], minlength=most + 1)
+    return reached, tuple(int(won[k]) for k in range(1, most + 1))
+
+
+def _attempts(group: pd.DataFrame) -> pd.Series:
+    return pd.to_numeric(group["run_count"], errors="coerce").fillna(0).astype(int).clip(1)
+
+
 def _step_model(
     name: str,
     group: pd.DataFrame,
@@ -184,14 +221,10 @@ def _step_model(
     policy: WorkflowPolicy | None,
     rescue: float,
 ) -> StepModel:
-    attempts = pd.to_numeric(group["run_count"], errors="coerce").fillna(0).astype(int).clip(1)
+    attempts = _attempts(group)
     failed = state_types(group).isin(FAILED_STATES).to_numpy(bool)
     most = int(attempts.max())
-    ended_at = np.bincount(attempts, minlength=most + 2)  # runs whose last attempt was k
-    went_past = ended_at[::-1].cumsum()[::-1]  # runs with run_count >= k
-    reached = tuple(int(went_past[k]) for k in range(1, most + 1))
-    won = np.bincount(attempts[~failed], minlength=most + 1)
-    succeeded = tuple(int(won[k]) for k in range(1, most + 1))
+    reached, succeeded = _attempt_counts(group)
     seconds = durations(group) / attempts
     offsets = (utc(group["start_time"]) - group["flow_run_id"].map(start_of)).dt.total_seconds()
     recorded = group.iloc[-1]
@@ -215,6 +248,54 @@ def _step_model(
         step=step,
         fallback_rescue=rescue,
     )
+
+
+def _with_dependences(steps: list[StepModel], runs: pd.DataFrame) -> list[StepModel]:
+    """The steps, each refitted to depend on the earlier step whose failures it follows.
+
+    Only steps with one task run per flow run are considered. A step depends
+    on the earlier step after whose failure (for good) it failed most
+    significantly more often than otherwise: at least `DEPENDENCE_Z` standard
+    errors apart, with at least `MIN_STEP_RUNS` runs on each side.
+    """
+    down = (
+        runs.assign(_down=state_types(runs).isin(FAILED_STATES).to_numpy(bool))
+        .groupby(["flow_run_id", "task_name"])["_down"]
+        .any()
+        .unstack()
+    )
+    single = [s for s in steps if s.per_run == 1]
+    refitted = {}
+    for index, later in enumerate(single):
+        scores = [(_co_failure_z(down, e.name, later.name), e.name) for e in single[:index]]
+        z, earlier = max(scores, default=(0.0, ""))
+        if z < DEPENDENCE_Z:
+            continue
+        mine = runs[runs["task_name"] == later.name]
+        upstream_down = mine["flow_run_id"].map(down[earlier]).eq(True).to_numpy(bool)
+        reached, succeeded = _attempt_counts(mine[~upstream_down])
+        reached_down, succeeded_down = _attempt_counts(mine[upstream_down])
+        refitted[later.name] = replace(
+            later,
+            depends_on=earlier,
+            reached=reached,
+            succeeded=succeeded,
+            reached_if_down=reached_down,
+            succeeded_if_down=succeeded_down,
+        )
+    return [refitted.get(s.name, s) for s in steps]
+
+
+def _co_failure_z(down: pd.DataFrame, earlier: str, later: str) -> float:
+    """How many standard errors later's failure rate after earlier's failures exceeds the
+    rate otherwise, over runs that ran both (0 when either side is too small)."""
+    both = down[[earlier, later]].dropna().astype(bool)
+    after, otherwise = both[both[earlier]][later], both[~both[earlier]][later]
+    if min(len(after), len(otherwise)) < MIN_STEP_RUNS:
+        return 0.0
+    pooled = both[later].mean()
+    error = np.sqrt(pooled * (1 - pooled) * (1 / len(after) + 1 / len(otherwise)))
+    return float((after.mean() - otherwise.mean()) / error) if error > 0 else 0.0
 
 
 def _fallback_rescue(reports: pd.DataFrame | None) -> dict[str, float]:
@@ -244,10 +325,14 @@ def simulate(
     seconds: list[np.ndarray] = []
     wasted: list[np.ndarray] = []
     instances: list[StepModel] = []
+    undelivered: dict[str, np.ndarray] = {}  # per single step: runs where it did not deliver
     for step in model.steps:
         delays = np.asarray(step.step.retry_delays() or [0.0], dtype=float)
         tries = step.step.retry_count + 1
         hazard = np.array([step.hazard(k) for k in range(1, tries + 1)])
+        if step.depends_on in undelivered:
+            after = np.array([step.hazard(k, upstream_down=True) for k in range(1, tries + 1)])
+            hazard = np.where(undelivered[step.depends_on][:, None], after, hazard)
         for _ in range(step.per_run):
             draws = rng.random((runs, max(tries, 1)))
             rescue = rng.random(runs) < step.fallback_rescue
@@ -258,6 +343,8 @@ def simulate(
             spent = used * step.attempt_s + waits[used - 1]
             lost = np.where(first > 0, first - 1, tries) * step.attempt_s
             columns.append(_statuses(step, first, rescue))
+            if step.per_run == 1:
+                undelivered[step.name] = columns[-1] >= _TOLERATED
             seconds.append(spent)
             wasted.append(lost)
             instances.append(step)
