@@ -49,7 +49,7 @@ import pandas as pd
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from _report import markdown_table, show, write_section  # noqa: E402
-from replay_workloads import WORKLOADS, Workload  # noqa: E402
+from replay_workloads import HAND_WRITTEN, WORKLOADS, Workload  # noqa: E402
 
 RUN_TAG = "replay-run:"  # a flow run's index, the key that pairs it with its baseline run
 
@@ -189,6 +189,10 @@ def replay(
         after, after_history = observed(changed["flow_name"])
         interval = paired_interval(base_history, after_history, candidate.metric)
         rows.append(_row(workload, seed, candidate, before, after, "", interval))
+    if workload.name in HAND_WRITTEN:
+        rows.extend(
+            _hand_written(workload, policy, base_history, before, variant, runs, workers, tag, seed)
+        )
     if not proposal.candidates:
         rows.append({
             "seed": seed, "workload": workload.name, "kind": "-", "step": "-", "metric": "-",
@@ -197,6 +201,45 @@ def replay(
         })  # fmt: skip
     print(f"seed {seed} {workload.name}: {len(proposal.candidates)} candidates,"
           f" {time.perf_counter() - started:.0f}s", flush=True)  # fmt: skip
+    return rows
+
+
+SIMULATED = {"termination_rate": "failure_rate", "wasted_s": "wasted_s"}
+"""`simulate`'s measures checked, with the realised metric each is compared with."""
+
+
+def _hand_written(
+    workload: Workload, policy: Any, history: Any, before: dict[str, float],
+    variant: Callable[..., dict[str, Any]], runs: int, workers: int, tag: str, seed: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """`simulate`'s prediction for the workload's hand-written policy against the runs with it:
+    per measure, the predicted change, its 90% interval, and the realised change."""
+    from prefect_resilience import WorkflowPolicy
+    from prefect_resilience.simulate import compare_policies
+
+    written = WorkflowPolicy(
+        name=workload.name, **{**workload.workflow, **HAND_WRITTEN[workload.name]}
+    )
+    predicted = compare_policies(
+        history.task_runs, history.flow_runs, history.reports, policy, written
+    )
+    changed = variant("hand-written", written)
+    run_many(changed, f"{tag}:hand-written", runs, workers, seed)
+    after, _ = observed(changed["flow_name"])
+    rows = []
+    for effect in predicted.effects:
+        if effect.metric not in SIMULATED:
+            continue
+        metric = SIMULATED[effect.metric]
+        realised = after.get(metric, 0.0) - before.get(metric, 0.0)
+        rows.append({
+            "seed": seed, "workload": workload.name, "measure": effect.metric,
+            "policy": json.dumps(HAND_WRITTEN[workload.name]),
+            "predicted change": effect.proposed - effect.now,
+            "predicted 90%": f"{effect.change_low:.3g} .. {effect.change_high:.3g}",
+            "realised change": realised,
+            "covered": bool(effect.change_low - 1e-9 <= realised <= effect.change_high + 1e-9),
+        })  # fmt: skip
     return rows
 
 
@@ -298,6 +341,8 @@ def main() -> None:
             for workload in chosen:
                 rows.extend(replay(workload, args.runs, args.workers, tag, seed))
     elapsed = time.perf_counter() - started
+    hand = [r for r in rows if "measure" in r]
+    rows = [r for r in rows if "measure" not in r]
     measured = pd.DataFrame([r for r in rows if r.get("realised") is not None])
     summary = summarise(measured)
     per_seed = {
@@ -316,6 +361,14 @@ def main() -> None:
     totals = [[k, str(_fmt(v))] for k, v in summary.items()]
     totals += [[f"accuracy, seed {seed}", str(_fmt(v))] for seed, v in per_seed.items()]
     totals.append(["accuracy spread over seeds (max - min)", str(_fmt(spread))])
+    hand_columns = ["seed", "workload", "policy", "measure", "predicted change",
+                    "predicted 90%", "realised change", "covered"]  # fmt: skip
+    hand_table = [[str(_fmt(r.get(c))) for c in hand_columns] for r in hand]
+    if hand:
+        totals.append([
+            "hand-written policies: realised change inside simulate's 90% interval",
+            f"{sum(r['covered'] for r in hand)}/{len(hand)}",
+        ])  # fmt: skip
     overall = summary.get("prediction accuracy (1 - MAPE)")
     coverage = summary.get("realised gain inside the predicted 90% interval")
     targets = [
@@ -333,6 +386,7 @@ def main() -> None:
     ]  # fmt: skip
     show("Predicted against realised gain, per candidate", columns, table)
     show("By candidate kind", kind_columns, kinds)
+    show("Hand-written policies: simulate against realised", hand_columns, hand_table)
     show("Summary", ["measure", "value"], totals)
     show("Targets", ["target", "measured", "verdict"], targets)
     if args.no_write:
@@ -351,6 +405,10 @@ def main() -> None:
         + markdown_table(columns, table)
         + "\n\n"
         + markdown_table(kind_columns, kinds)
+        + "\n\nHand-written policies (`prefect-resilience simulate`'s prediction from the"
+        " baseline history, against the runs with that policy; changes are after - before):"
+        "\n\n"
+        + markdown_table(hand_columns, hand_table)
         + "\n\n"
         + markdown_table(["measure", "value"], totals)
         + "\n\n"

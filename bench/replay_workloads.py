@@ -152,7 +152,7 @@ WORKLOADS = [
         Step("lookup", "transient", 0.3, {"policy": "continue", "impact": "minor"}),
         Step("join", "dependent", 0.02, {"policy": "continue", "impact": "major"}),
         Step("save", "ok"),
-    )),
+    ), fallback_for=("lookup",)),
     Workload("non-critical-fail-fast", (
         Step("prepare", "ok", settings={"policy": "fail_fast", "critical": True}),
         Step("thumbnail", "persistent", 0.25, {"policy": "fail_fast", "impact": "minor"}),
@@ -179,3 +179,12 @@ WORKLOADS = [
 ]  # fmt: skip
 
 WORKLOADS_BY_NAME = {w.name: w for w in WORKLOADS}
+
+HAND_WRITTEN = {
+    "transient-critical": {"step_policies": [{"match": "*", "retries": 2}]},
+    "non-critical-fail-fast": {"step_policies": [{"match": "*", "retries": 1}]},
+    "dependent": {"termination_threshold": 0.6},
+}
+"""Policies a person might write for a workload, whose `simulate` predictions the harness
+checks: retries everywhere (transient failures: fewer terminations; persistent ones:
+only more wasted seconds), and a health threshold that terminates runs."""
