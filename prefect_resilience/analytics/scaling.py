@@ -17,7 +17,7 @@ the last 4 seasons. The model is picked
 on the training series itself: each candidate forecasts the last one to three
 chunks of max(horizon, one day) periods (as many as leave two days before
 them) from earlier origins, `horizon` at a time, and the lowest mean absolute
-error wins. Intervals are quantiles of the winner's errors there. Forecasts
+error wins. Intervals come from the winner's errors there (`_interval`). Forecasts
 are never negative. A history shorter than two days (two of the shortest
 seasons) gives no forecast, only the reason.
 
@@ -312,7 +312,7 @@ def forecast_series(
             key = f"{model_name} ({_span_name(s, step)})"
             rows.append({"model": key, "season": s, "mae": mae, "mape": mape, "wape": wape,
                          "n": count})  # fmt: skip
-            residuals[key] = (model, s, actual - predicted)
+            residuals[key] = (model, s, actual, predicted)
     if not rows:
         return none(
             f"not enough history: {n} periods leave too few to check a {horizon}-period forecast"
@@ -320,20 +320,39 @@ def forecast_series(
         )
     validation = pd.DataFrame(rows).set_index("model")
     chosen = str(validation["mae"].idxmin())
-    model, s, errors = residuals[chosen]
+    model, s, actual, predicted = residuals[chosen]
     point = np.maximum(model(y, s, horizon), 0.0)
-    tail = (1 - coverage) / 2
-    low_error, high_error = np.quantile(errors, [tail, 1 - tail])
+    low, high = _interval(actual, predicted, point, coverage)
     index = pd.date_range(series.index[-1] + step, periods=horizon, freq=step, name="period")
-    values = pd.DataFrame(
-        {
-            "forecast": point,
-            "low": np.maximum(point + low_error, 0.0),
-            "high": np.maximum(point + high_error, 0.0),
-        },
-        index=index,
-    ).astype(FORECAST_COLUMNS)
+    values = pd.DataFrame({"forecast": point, "low": low, "high": high}, index=index).astype(
+        FORECAST_COLUMNS
+    )
     return Forecast(label, values, chosen, s, coverage, n, validation)
+
+
+def _interval(
+    actual: np.ndarray, predicted: np.ndarray, point: np.ndarray, coverage: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The forecast's interval at `coverage`, from the chosen model's validation errors.
+
+    Each error is divided by the square root of the level it was made at, and
+    the interval is scaled back by the square root of the forecast's own level:
+    counts (and task-seconds, sums over counts) vary about as their level's
+    square root, so a history that grew gets wider intervals, and a quiet hour
+    narrower ones than a busy one. The quantiles are taken at the
+    finite-sample level of split conformal prediction, ceil((n + 1) q) / n,
+    which keeps a short validation stretch from making them too narrow.
+    """
+    scale = np.sqrt(np.maximum(predicted, 1.0))
+    errors = (actual - predicted) / scale
+    n = len(errors)
+    tail = (1 - coverage) / 2
+    upper = min(math.ceil((n + 1) * (1 - tail)) / n, 1.0)
+    lower = max(math.floor((n + 1) * tail) / n, 0.0)
+    low_error = np.quantile(errors, lower, method="lower")
+    high_error = np.quantile(errors, upper, method="higher")
+    level = np.sqrt(np.maximum(point, 1.0))
+    return np.maximum(point + low_error * level, 0.0), np.maximum(point + high_error * level, 0.0)
 
 
 def _label(step: pd.Timedelta) -> str:
