@@ -161,7 +161,7 @@ WORKLOADS = [
     Workload("hanging-failures", (
         Step("call_api", "hang", 0.25, {"policy": "continue", "impact": "minor"}, seconds=0.02),
         Step("save", "ok"),
-    )),
+    ), fallback_for=("call_api",)),
     Workload("independent-steps", (
         Step("load_users", "ok", seconds=0.15, uses_previous=False),
         Step("load_orders", "ok", seconds=0.15, uses_previous=False),
@@ -183,8 +183,9 @@ WORKLOADS_BY_NAME = {w.name: w for w in WORKLOADS}
 HAND_WRITTEN = {
     "transient-critical": {"step_policies": [{"match": "*", "retries": 2}]},
     "non-critical-fail-fast": {"step_policies": [{"match": "*", "retries": 1}]},
-    "dependent": {"termination_threshold": 0.6},
+    "dependent": {"step_policies": [{"match": "join", "policy": "fail_fast"}]},
 }
 """Policies a person might write for a workload, whose `simulate` predictions the harness
 checks: retries everywhere (transient failures: fewer terminations; persistent ones:
-only more wasted seconds), and a health threshold that terminates runs."""
+only more wasted seconds), and stopping runs when a step that follows another's failures
+fails."""

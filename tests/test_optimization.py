@@ -31,7 +31,8 @@ def history(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Flow runs of sequential steps. A step dict: name, policy, retries, p (per-attempt
     failure chance), persistent (p is per run: every attempt fails), critical, impact,
-    follows (a step whose failure makes every attempt of this one fail)."""
+    follows (a step whose failure makes every attempt of this one fail), hang (seconds each
+    attempt of a run that fails for good takes; 1 otherwise)."""
     rng = random.Random(seed)
     flows, tasks, reports = [], [], []
     for i in range(runs):
@@ -49,7 +50,7 @@ def history(
                 if not broken and (step.get("persistent") or rng.random() >= step["p"]):
                     ok = True
                     break
-            seconds = attempts * 1.0
+            seconds = attempts * (1.0 if ok else step.get("hang", 1.0))
             tasks.append({
                 "task_run_id": str(uuid.UUID(int=rng.getrandbits(128))), "flow_run_id": flow_id,
                 "flow_name": "etl", "task_name": step["name"], "task_run_name": step["name"],
@@ -360,3 +361,20 @@ def test_a_step_that_fails_after_an_earlier_ones_failures_is_modelled_as_dependi
     )
     rescued = simulate(carried, WorkflowPolicy(), runs=4000, seed=1)
     assert rescued.unavailable["join"] == pytest.approx(1 - join.hazard(1), abs=0.02)
+
+
+def test_attempts_that_hang_before_failing_are_timed_apart_and_a_timeout_saves_them() -> None:
+    steps = [{"name": "call_api", "policy": "continue", "impact": "minor", "p": 0.3, "hang": 20.0}]
+    tasks, flows, reports = history(steps, 100, seed=9)
+    model = fit(tasks, flows, reports)
+    step = model.step("call_api")
+    assert step.attempt_s == pytest.approx(1.0) and step.failed_attempt_s == pytest.approx(20.0)
+    observed = realised_metrics(tasks, flows, reports)
+    predicted = simulate(model, WorkflowPolicy(), runs=4000, seed=1)
+    assert predicted.wasted_s == pytest.approx(observed["wasted_s"], rel=0.15)
+    proposal = propose(tasks, flows, reports, bootstrap=20)
+    (timeout,) = [c for c in proposal.candidates if c.kind == "timeout"]
+    limit = timeout.patch["timeout"]
+    assert limit == pytest.approx(1.5)  # 1.5 x the slowest successful attempt
+    # each failed attempt now ends at the limit instead of after 20 s
+    assert timeout.gain == pytest.approx(1 - limit / 20.0, abs=0.02)

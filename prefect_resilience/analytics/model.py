@@ -57,7 +57,8 @@ class StepModel:
     succeeded: tuple[int, ...]
     """succeeded[k-1]: runs whose attempt k succeeded."""
     attempt_s: float
-    """Mean seconds one attempt takes (a run's duration over its attempts)."""
+    """Mean seconds one attempt takes: a run's duration over its attempts, over the runs whose
+    first attempt succeeded (all runs when none did)."""
     per_run: int
     """Task runs of this step in one flow run (a `.map()` makes several)."""
     offset_s: float
@@ -66,6 +67,9 @@ class StepModel:
     """The policy the runs applied; retries are the most any failed run used, minus one."""
     fallback_rescue: float = 0.0
     """Share of this step's unrecovered failures a fallback carried (graceful only)."""
+    failed_attempt_s: float | None = None
+    """Mean seconds a failed attempt takes, over the runs that failed for good (None: as
+    `attempt_s`). A dependency that hangs before it fails makes it far longer."""
     depends_on: str | None = None
     """An earlier step whose failures this one follows (a co-failure history shows). Then
     `reached`/`succeeded` count the runs where that step delivered (succeeded, recovered
@@ -196,6 +200,11 @@ def fit(
     )
 
 
+def _mean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else 0.0
+
+
 def _attempt_counts(group: pd.DataFrame) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Per attempt k: the task runs whose attempt k has an outcome, and those it succeeded."""
     attempts = _attempts(group)
@@ -225,7 +234,9 @@ def _step_model(
     failed = state_types(group).isin(FAILED_STATES).to_numpy(bool)
     most = int(attempts.max())
     reached, succeeded = _attempt_counts(group)
-    seconds = durations(group) / attempts
+    seconds = (durations(group) / attempts).to_numpy(float)
+    first_try = ~failed & (attempts == 1).to_numpy(bool)
+    attempt_s = _mean(seconds[first_try]) if first_try.any() else _mean(seconds)
     offsets = (utc(group["start_time"]) - group["flow_run_id"].map(start_of)).dt.total_seconds()
     recorded = group.iloc[-1]
     retries = int(attempts[failed].max()) - 1 if failed.any() else most - 1
@@ -242,7 +253,8 @@ def _step_model(
         runs=len(group),
         reached=reached,
         succeeded=succeeded,
-        attempt_s=float(np.nan_to_num(seconds.mean())),
+        attempt_s=attempt_s,
+        failed_attempt_s=_mean(seconds[failed]) if failed.any() else None,
         per_run=max(1, int(group.groupby("flow_run_id").size().median())),
         offset_s=float(np.nan_to_num(offsets.median())),
         step=step,
@@ -340,8 +352,9 @@ def simulate(
             first = np.where(won.any(axis=1), won.argmax(axis=1) + 1, 0)  # 0: never
             used = np.where(first > 0, first, tries)
             waits = np.concatenate([[0.0], np.cumsum(np.resize(delays, max(tries - 1, 0)))])
-            spent = used * step.attempt_s + waits[used - 1]
-            lost = np.where(first > 0, first - 1, tries) * step.attempt_s
+            failed_s = step.attempt_s if step.failed_attempt_s is None else step.failed_attempt_s
+            lost = np.where(first > 0, first - 1, tries) * failed_s
+            spent = lost + (first > 0) * step.attempt_s + waits[used - 1]
             columns.append(_statuses(step, first, rescue))
             if step.per_run == 1:
                 undelivered[step.name] = columns[-1] >= _TOLERATED
