@@ -31,13 +31,18 @@ FITTED = datetime(2024, 4, 1, tzinfo=UTC)
 
 
 def runs(rows: list[tuple[str, int, int]], step: str = "load", **columns: list) -> pd.DataFrame:
-    """Task runs from (state, run_count, how many) with one-minute-apart starts, 1 s per attempt."""
-    states, counts = [], []
+    """Task runs from (state, run_count, how many) with one-minute-apart starts, 1 s per attempt.
+
+    The kinds of run are spread evenly over the history (a stationary one): listed one kind
+    after another in time, they would show a failure rate that moves, which is a drift.
+    """
+    states, counts, place = [], [], []
     for state, run_count, times in rows:
         states += [state] * times
         counts += [run_count] * times
-    n = len(states)
-    start = T0 + pd.to_timedelta(np.arange(n), unit="min")
+        place += [(i + 0.5) / times for i in range(times)]
+    rank = np.argsort(np.argsort(place, kind="stable"), kind="stable")
+    start = T0 + pd.to_timedelta(rank, unit="min")
     frame = pd.DataFrame(
         {
             "task_name": step,

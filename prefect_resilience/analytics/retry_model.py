@@ -78,6 +78,7 @@ from ._common import (
     wilson_interval,
     z_value,
 )
+from .drift import Drift, detect_drift
 
 MIN_RUNS = 20
 """Default evidence threshold: an attempt's hazard is used only when at least this many runs
@@ -199,6 +200,9 @@ class RetryModel:
     min_runs: int
     confidence: float
     fitted_at: datetime
+    drift: Drift | None = None
+    """Set when the first attempt's success moved within the history (`drift`): the model
+    is then fitted on the latest third of the runs, its intervals widened toward the drift."""
 
     def supported_attempts(self, error_type: str | None = None) -> int:
         """The largest k such that attempts 1..k were each reached by at least min_runs runs."""
@@ -390,6 +394,8 @@ def _runs(task_runs: pd.DataFrame) -> pd.DataFrame:
         runs["wall"], runs["run_time"] = np.nan, np.nan
     if "attempt_errors" in task_runs.columns:
         runs["attempt_errors"] = task_runs["attempt_errors"]
+    if "start_time" in task_runs.columns:
+        runs["start"] = utc(task_runs["start_time"])
     runs = runs[keep].astype({"attempts": "int64"})
     k = runs["attempts"].to_numpy(dtype=float)
     wall, run_time = runs["wall"].to_numpy(), runs["run_time"].to_numpy()
@@ -663,9 +669,19 @@ def fit_retry_models(
         runs = runs[runs["step"].isin(list(steps))]
     with_errors = "attempt_errors" in runs.columns
     models: dict[str, RetryModel] = {}
-    for step, own in runs.groupby("step", sort=True):
+    for step, everything in runs.groupby("step", sort=True):
+        drift, latest = _drift(everything, min_runs)
+        own = everything[latest]
         trials = _trials(own, with_errors)
         hazards = _hazard_table(trials, [], confidence)
+        if drift is not None:
+            widened = [
+                drift.widen(lo, hi, h)
+                for lo, hi, h in hazards[["hazard_low", "hazard_high", "hazard"]].itertuples(
+                    index=False
+                )
+            ]
+            hazards[["hazard_low", "hazard_high"]] = widened
         if with_errors:
             by_error = _hazard_table(trials[trials["attempt"] >= 2], ["error_type"], confidence)
         else:
@@ -688,8 +704,17 @@ def fit_retry_models(
             min_runs=min_runs,
             confidence=confidence,
             fitted_at=fitted_at,
+            drift=drift,
         )
     return models
+
+
+def _drift(runs: pd.DataFrame, min_runs: int) -> tuple[Drift | None, np.ndarray]:
+    """`detect_drift` on one step's runs, by start time (none without start times)."""
+    if "start" not in runs.columns or runs["start"].isna().any():
+        return None, np.ones(len(runs), dtype=bool)
+    first_won = (runs["completed"] & (runs["attempts"] == 1)).to_numpy(bool)
+    return detect_drift(runs["start"].to_numpy("datetime64[ns]"), first_won, min_runs)
 
 
 # --- choosing ------------------------------------------------------------------------------
@@ -946,6 +971,15 @@ def choose_retries(
     tail = (1 - model.confidence) / 2
     point = float(pick["predicted_success"])
     interval = np.quantile(sample, [tail, 1 - tail])
+    if model.drift is not None:  # every attempt's odds moved by the shift once more
+        moved = np.clip(hazards + model.drift.shift, 0.0, 1.0)
+        if elapsed_view:
+            assert model.recovery is not None
+            further = _elapsed_schedule(float(moved[0]), model.recovery, delays, a)[0]
+        else:
+            further = _attempt_schedule(moved, delays, a)[0]
+        interval = np.array([min(interval[0], further), max(interval[1], further)])
+        why = f"{why}; {model.drift.reason}"
     gained = ", ".join(
         f"attempt {int(e['attempt'])}: {e['hazard']:.0%} of {int(e['reached'])}"
         for e in evidence
