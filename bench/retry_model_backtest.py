@@ -306,7 +306,11 @@ under the recommendation at the held-out period's conditions.
 wait levels seen (then the recovery-time view chooses the backoff), "no effect" when
 two levels were seen but did not differ, "no" when only one level was seen (the
 declared backoff is kept). The degrading process is where a model fitted on the past
-is off: its held-out failure rates are higher than the training window's.
+is off: its held-out failure rates are higher than the training window's. The model
+sees the drift (attempt 1's success in the latest third of the training runs against
+the earlier two thirds, `analytics/drift.py`), fits the latest third only and widens
+its intervals toward the drift; it still lags a steady trend, by about a third of the
+history.
 
 **Calibration** (`--replications {args.replications}` fresh histories per process, seeds
 1000 apart from the table's): how often each 95% interval the package prints holds the
