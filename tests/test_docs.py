@@ -565,3 +565,45 @@ def test_documented_block_error_is_what_a_run_would_see() -> None:
     with pytest.raises(ResilienceConfigError) as raised:
         load_block_policy(name)
     assert str(raised.value) == shown.replace(documented_name, name)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_readme_quick_start_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new user's path through the README, in an empty directory: its files written, its
+    commands run, then each of its flows run as written. `make demo` is the examples' demo
+    test and `make test` is this suite, so those two lines are the only ones not run here."""
+    from prefect_resilience import get_report
+
+    monkeypatch.chdir(tmp_path)
+    commands, flows = [], []
+    for item in blocks_of(ROOT / "README.md"):
+        if isinstance(item, Marker):
+            continue
+        if "file" in item.attrs:
+            (tmp_path / item.attrs["file"]).write_text(item.body, encoding="utf-8")
+        elif item.lang == "sh":
+            for words in _command_lines(item):
+                if words[0] != "make":
+                    commands.append(" ".join(words))
+                    _run_line(words, tmp_path)
+        elif item.lang == "python":
+            namespace: dict[str, Any] = {}
+            exec(compile(item.body, f"README.md:{item.line}", "exec"), namespace)
+            flows.append(namespace["nightly"])
+    assert commands == [
+        "prefect-resilience register",
+        "prefect-resilience policy apply nightly-resilience.yaml",
+    ]
+    assert len(flows) == 2
+    for nightly in flows:
+        state = nightly([1, 2], return_state=True)
+        assert state.is_completed(), state
+    # the resilient flow ran under the block the README's commands saved
+    report = get_report(state.state_details.flow_run_id)
+    assert report.policy is not None
+    assert (report.policy.source, report.policy.fallback_reason) == (
+        "block nightly-resilience",
+        None,
+    )
