@@ -8,6 +8,7 @@ edit): it refuses without `--force`, and `--dry-run` shows what it would do.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -123,11 +124,21 @@ def show(
     source: Annotated[
         str, typer.Argument(help="A YAML policy file, or a Resilience Policy block.")
     ],
+    flow: Annotated[
+        str | None,
+        typer.Option(
+            help="A flow's entrypoint (path.py:flow_function): also show what each of its"
+            " resilient steps runs with, and where each value comes from."
+        ),
+    ] = None,
 ) -> None:
     """Show a workflow policy as a run loads it: thresholds and each step policy.
 
     A step setting the policy does not give is the step's own: its `@resilient`
-    decorator's value, or the decorator's default.
+    decorator's value, or the decorator's default. With `--flow`, the flow's
+    module is loaded (as a worker loads it) and each resilient step's effective
+    values are shown with their origin: the policy's rule, the decorator, or
+    the default.
     """
     policy = _read(source)
     origin = "file" if _is_file(source) else "block"
@@ -147,11 +158,71 @@ def show(
     console.print(table)
     if policy.step_policies:
         console.print(
-            f"{FROM_STEP}: the policy does not set it; the step's @resilient value (or its"
-            " default: continue, no retries, impact major, not critical) applies",
+            f"{FROM_STEP}: the policy does not set it; the step's @resilient value applies,"
+            f" or the default: policy {policy.default_failure_policy.value} (this policy's"
+            " default failure policy), no retries, impact major, not critical",
             soft_wrap=True,
             highlight=False,
         )
+    if flow:
+        console.print(_effective_table(policy, _load_flow(flow)))
+
+
+EFFECTIVE_FIELDS = {
+    "policy": ("policy",),
+    "retries": ("retries",),
+    "delays (s)": ("retry_delay", "retry_delays", "backoff"),
+    "critical": ("critical",),
+    "impact": ("impact",),
+    "fallbacks": ("fallbacks",),
+}
+"""Each column of the effective table, and the settings that decide it."""
+
+
+def _effective_table(policy: WorkflowPolicy, flow_object: Any) -> Table:
+    """What each resilient step of the flow runs with under `policy`, value by value with its
+    origin: `rule MATCH` (the policy), `decorator` (the step's @resilient) or `default`."""
+    table = Table(title=f"effective per step of {flow_object.name} (value: where it comes from)")
+    table.add_column("step")
+    for column in EFFECTIVE_FIELDS:
+        table.add_column(column)
+    for step in resilient_steps(flow_object):
+        tags = tuple(step.tags)
+        rule = policy.rule_for(step.name, tags)
+        effective = policy.policy_for(step.name, tags, step.step)
+        delays = effective.retry_delays()
+        values = {
+            "policy": effective.policy.value,
+            "retries": str(effective.retries),
+            "delays (s)": ", ".join(f"{d:g}" for d in delays[:5]) + (" ..." * (len(delays) > 5))
+            or "none",
+            "critical": "yes" if effective.critical else "no",
+            "impact": effective.impact.value,
+            "fallbacks": ", ".join(effective.fallbacks) or "none",
+        }
+        cells = [step.name]
+        for column, fields in EFFECTIVE_FIELDS.items():
+            if rule is not None and set(fields) & set(rule.explicit()):
+                origin = f"rule {rule.match}"
+            elif set(fields) & set(step.step.explicit()):
+                origin = "decorator"
+            else:
+                origin = "policy default" if column == "policy" else "default"
+            cells.append(f"{values[column]}: {origin}")
+        table.add_row(*cells)
+    return table
+
+
+def resilient_steps(flow_object: Any) -> list[Any]:
+    """The resilient tasks the flow's module defines, by name (what its calls can run)."""
+    from prefect_resilience.task import ResilientTask
+
+    found = {
+        value.name: value
+        for value in vars(inspect.getmodule(flow_object.fn) or object()).values()
+        if isinstance(value, ResilientTask)
+    }
+    return [found[name] for name in sorted(found)]
 
 
 @policy_app.command("export")
