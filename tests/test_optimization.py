@@ -378,3 +378,22 @@ def test_attempts_that_hang_before_failing_are_timed_apart_and_a_timeout_saves_t
     assert limit == pytest.approx(1.5)  # 1.5 x the slowest successful attempt
     # each failed attempt now ends at the limit instead of after 20 s
     assert timeout.gain == pytest.approx(1 - limit / 20.0, abs=0.02)
+
+
+def test_a_step_whose_failures_grew_is_fitted_on_its_latest_runs() -> None:
+    steps = [{"name": "validate", "policy": "continue", "p": 0.05}]
+    early = history(steps, 600, seed=10)
+    late = history([{**steps[0], "p": 0.4}], 300, seed=11)
+    later = pd.Timedelta(days=30)  # the second history starts after the first ends
+    for frame in late:
+        for column in ("start_time", "end_time"):
+            if column in frame:
+                frame[column] = frame[column] + later
+    tasks, flows, reports = (
+        pd.concat(pair, ignore_index=True) for pair in zip(early, late, strict=True)
+    )
+    step = fit(tasks, flows, reports).step("validate")
+    assert step.drift is not None and step.drift.shift < -0.2
+    assert step.drift.latest_runs == 300
+    assert step.hazard(1) == pytest.approx(0.6, abs=0.1)  # the regime now, not 0.83 overall
+    assert fit(*early).step("validate").drift is None

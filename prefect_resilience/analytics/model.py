@@ -10,7 +10,10 @@ a failure, `health.HealthLedger` judges the run. So a prediction uses exactly
 the rules the real runs use, and only the failure process is estimated.
 
 What the model assumes, and the replay harness (bench/replay.py) measures:
-steps fail independently of time, and of each other except where history
+steps fail independently of time, except where a step's first attempts
+succeeded significantly less (or more) often in the latest third of its runs
+than before (`drift`: its attempt odds are then fitted on that latest third),
+and independently of each other except where history
 shows a step failing far more often in the runs where an earlier step failed
 for good (a co-failure: `depends_on`); an attempt beyond the
 last one history shows succeeds as often as the last one it does show
@@ -37,9 +40,12 @@ from prefect_resilience.policy import (
 )
 
 from ._common import FAILED_STATES, FINISHED_STATES, durations, names, state_types, utc
+from .drift import Drift, detect_drift
 
 MIN_STEP_RUNS = 5
 """A step with fewer finished task runs is not modelled: its rates would be noise."""
+MIN_DRIFT_RUNS = 10
+"""Runs needed on each side of the split before a step's rate can be said to have moved."""
 DEPENDENCE_Z = 3.0
 """How far (in standard errors) a step's failure rate after an earlier step's failure must
 exceed its rate otherwise before the model makes it depend on that step."""
@@ -76,6 +82,9 @@ class StepModel:
     or degraded), and `reached_if_down`/`succeeded_if_down` the runs where it did not."""
     reached_if_down: tuple[int, ...] = ()
     succeeded_if_down: tuple[int, ...] = ()
+    drift: Drift | None = None
+    """Set when the step's first-attempt success moved within the history; `reached` and
+    `succeeded` then count only the latest third of its runs (the regime now)."""
 
     def hazard(self, attempt: int, upstream_down: bool = False) -> float:
         """P(attempt succeeds | every earlier attempt failed), in runs where the step it
@@ -233,10 +242,16 @@ def _step_model(
     attempts = _attempts(group)
     failed = state_types(group).isin(FAILED_STATES).to_numpy(bool)
     most = int(attempts.max())
-    reached, succeeded = _attempt_counts(group)
+    first_won = ~failed & (attempts == 1).to_numpy(bool)
+    starts = utc(group["start_time"])
+    drift, latest = (
+        detect_drift(starts.to_numpy("datetime64[ns]"), first_won, MIN_DRIFT_RUNS)
+        if starts.notna().all()
+        else (None, np.ones(len(group), dtype=bool))
+    )
+    reached, succeeded = _attempt_counts(group[latest])
     seconds = (durations(group) / attempts).to_numpy(float)
-    first_try = ~failed & (attempts == 1).to_numpy(bool)
-    attempt_s = _mean(seconds[first_try]) if first_try.any() else _mean(seconds)
+    attempt_s = _mean(seconds[first_won]) if first_won.any() else _mean(seconds)
     offsets = (utc(group["start_time"]) - group["flow_run_id"].map(start_of)).dt.total_seconds()
     recorded = group.iloc[-1]
     retries = int(attempts[failed].max()) - 1 if failed.any() else most - 1
@@ -255,6 +270,7 @@ def _step_model(
         succeeded=succeeded,
         attempt_s=attempt_s,
         failed_attempt_s=_mean(seconds[failed]) if failed.any() else None,
+        drift=drift,
         per_run=max(1, int(group.groupby("flow_run_id").size().median())),
         offset_s=float(np.nan_to_num(offsets.median())),
         step=step,
