@@ -9,19 +9,23 @@ bootstrap), as the candidates' do; `n` is the finished flow runs behind them.
 
 What the model cannot say is said, not guessed: PartialSuccess needs per-step
 outcomes the model does not play (it plays failures for good, fallbacks and
-termination), so its rate is not predicted.
+termination), so its rate is not predicted. And where the proposed policy
+gives a step more attempts than its history ever made, whether those attempts
+succeed is unknown (a failure may be persistent): the prediction takes them
+to succeed as often as the last attempt seen, and each interval is stretched
+to also hold the case where they never succeed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
 from prefect_resilience.analytics._common import FINISHED_STATES, state_types
 from prefect_resilience.analytics.candidates import MIN_FLOW_RUNS, resample_runs
-from prefect_resilience.analytics.model import Prediction, fit, simulate
+from prefect_resilience.analytics.model import Prediction, WorkflowModel, fit, simulate
 from prefect_resilience.policy import WorkflowPolicy
 
 METRICS = {
@@ -52,6 +56,8 @@ class PolicyComparison:
     flow_runs: int
     effects: list[Effect]
     reason: str = ""
+    unseen: list[str] = field(default_factory=list)
+    """Steps the proposed policy gives more attempts than history shows, as 'step (k)'."""
 
     def to_text(self, now_name: str, proposed_name: str) -> str:
         if not self.effects:
@@ -68,6 +74,12 @@ class PolicyComparison:
                 f" {_show(e.metric, e.change_high, sign=True)})"
             )
         lines.append("- PartialSuccess rate: not predicted (the model does not play it)")
+        if self.unseen:
+            lines.append(
+                f"- never tried in this history: attempts beyond {', '.join(self.unseen)};"
+                " predicted as succeeding as often as the last attempt seen, and each interval"
+                " also holds the case where they never succeed (a persistent failure)"
+            )
         return "\n".join(lines)
 
 
@@ -98,6 +110,12 @@ def compare_policies(
             f"{len(finished)} finished flow runs; at least {MIN_FLOW_RUNS} are needed",
         )
     point = _pair(task_runs, finished, reports, now, proposed, runs, seed)
+    unseen = _unseen(fit(task_runs, finished, reports, proposed))
+    worst = (
+        _pair(task_runs, finished, reports, now, proposed, runs, seed, unseen_fail=True)
+        if unseen
+        else point
+    )
     rng = np.random.default_rng(seed)
     ids = finished["flow_run_id"].to_numpy()
     changes: dict[str, list[float]] = {metric: [] for metric in METRICS}
@@ -106,17 +124,46 @@ def compare_policies(
         before, after = _pair(tasks, flows, reports, now, proposed, runs, seed)
         for metric in METRICS:
             changes[metric].append(getattr(after, metric) - getattr(before, metric))
-    effects = [
-        Effect(
-            metric,
-            float(getattr(point[0], metric)),
-            float(getattr(point[1], metric)),
-            float(np.quantile(changes[metric], 0.05)),
-            float(np.quantile(changes[metric], 0.95)),
+    effects = []
+    for metric in METRICS:
+        other = float(getattr(worst[1], metric) - getattr(worst[0], metric))
+        low, high = np.quantile(changes[metric], [0.05, 0.95])
+        effects.append(
+            Effect(
+                metric,
+                float(getattr(point[0], metric)),
+                float(getattr(point[1], metric)),
+                min(float(low), other),
+                max(float(high), other),
+            )
         )
-        for metric in METRICS
+    return PolicyComparison(len(finished), effects, unseen=unseen)
+
+
+def _unseen(model: WorkflowModel) -> list[str]:
+    """'step (k)' for each step given more attempts than the k its history shows."""
+    return [
+        f"{s.name} ({len(s.reached)})"
+        for s in model.steps
+        if s.step.retry_count + 1 > len(s.reached)
     ]
-    return PolicyComparison(len(finished), effects)
+
+
+def _unseen_attempts_fail(model: WorkflowModel) -> WorkflowModel:
+    """The model with every attempt beyond those its history shows failing."""
+    steps = []
+    for s in model.steps:
+        extra = max(s.step.retry_count + 1 - len(s.reached), 0)
+        if extra:
+            s = replace(s, reached=s.reached + (1,) * extra, succeeded=s.succeeded + (0,) * extra)
+            if s.depends_on is not None:
+                s = replace(
+                    s,
+                    reached_if_down=s.reached_if_down + (1,) * extra,
+                    succeeded_if_down=s.succeeded_if_down + (0,) * extra,
+                )
+        steps.append(s)
+    return replace(model, steps=tuple(steps))
 
 
 def _pair(
@@ -127,8 +174,13 @@ def _pair(
     proposed: WorkflowPolicy,
     runs: int,
     seed: int,
+    unseen_fail: bool = False,
 ) -> tuple[Prediction, Prediction]:
-    """Both policies played on the same history with the same draws."""
-    before = simulate(fit(task_runs, flow_runs, reports, now), now, runs, seed)
-    after = simulate(fit(task_runs, flow_runs, reports, proposed), proposed, runs, seed)
+    """Both policies played on the same history with the same draws (with `unseen_fail`,
+    attempts beyond those history shows fail)."""
+    models = [fit(task_runs, flow_runs, reports, policy) for policy in (now, proposed)]
+    if unseen_fail:
+        models = [_unseen_attempts_fail(m) for m in models]
+    before = simulate(models[0], now, runs, seed)
+    after = simulate(models[1], proposed, runs, seed)
     return before, after

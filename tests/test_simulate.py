@@ -52,3 +52,22 @@ def test_too_little_history_says_how_much_is_needed() -> None:
     result = compare_policies(tasks, flows, reports, _policy(0), _policy(3))
     assert result.effects == []
     assert "8 finished flow runs; at least 20 are needed" in result.to_text("a", "b")
+
+
+def test_retries_a_step_never_made_are_an_open_question_not_a_promise() -> None:
+    # thumb fails for good in 25% of runs, every attempt (persistent), and was never retried
+    steps = [{"name": "thumb", "policy": "fail_fast", "p": 0.25, "persistent": True}]
+    tasks, flows, reports = history(steps, 100, seed=6)
+    now = load_policy("stepPolicies:\n  - match: thumb\n    policy: fail_fast\n")
+    retried = load_policy(
+        "stepPolicies:\n  - match: thumb\n    policy: fail_fast\n    retries: 1\n"
+    )
+    result = compare_policies(tasks, flows, reports, now, retried, bootstrap=20)
+    assert result.unseen == ["thumb (1)"]
+    termination = {e.metric: e for e in result.effects}["termination_rate"]
+    # as often as attempt 1 succeeded, a retry would cut terminations by three quarters ...
+    assert termination.proposed - termination.now < -0.1
+    # ... and if the failures are persistent it cuts none: the interval holds both
+    # (0 up to the simulation's own noise: 2,000 runs drawn for one attempt or for two)
+    assert termination.change_low < -0.1 and termination.change_high == pytest.approx(0, abs=0.03)
+    assert "never tried in this history: attempts beyond thumb (1)" in result.to_text("a", "b")
