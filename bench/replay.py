@@ -201,6 +201,14 @@ def replay(
         rows.extend(
             _hand_written(workload, policy, base_history, before, variant, runs, workers, tag, seed)
         )
+    for reason in proposal.rejected:  # held back: listed, not run
+        if ": held back, " in reason:
+            kind, step = reason.split(":", 1)[0].split(" ", 1)
+            rows.append({
+                "seed": seed, "workload": workload.name, "kind": kind, "step": step,
+                "metric": "-", "predicted": None, "realised": None, "confidence": None,
+                "note": reason.split(": ", 1)[1][:300],
+            })  # fmt: skip
     if not proposal.candidates:
         rows.append({
             "seed": seed, "workload": workload.name, "kind": "-", "step": "-", "metric": "-",
