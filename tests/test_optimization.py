@@ -332,8 +332,9 @@ def test_a_change_within_the_noise_of_its_runs_is_held_back_with_the_runs_it_nee
     assert "within the noise of 30 runs before and 30 after" in held
     needed = int(held.rsplit("about ", 1)[1].split()[0])
     assert needed > 30
-    # with enough runs the same change stands out and is proposed
-    tasks, flows, reports = history(steps, max(needed * 4, 400), seed=3)
+    # with enough runs the same change stands out and is proposed (30 runs overstate its
+    # gain, about 8% of health loss, so the runs they ask for are a lower bound)
+    tasks, flows, reports = history(steps, 1000, seed=3)
     proposal = propose(tasks, flows, reports, bootstrap=20)
     assert "fallback" in {c.kind for c in proposal.candidates}
     assert not [r for r in proposal.rejected if "held back" in r]

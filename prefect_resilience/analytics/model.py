@@ -23,6 +23,7 @@ outlast the retries.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -348,7 +349,6 @@ def simulate(
     Two calls with the same seed share their random draws (common random
     numbers), so the difference between two policies is not sampling noise.
     """
-    rng = np.random.default_rng(seed)
     columns: list[np.ndarray] = []
     seconds: list[np.ndarray] = []
     wasted: list[np.ndarray] = []
@@ -361,9 +361,9 @@ def simulate(
         if step.depends_on in undelivered:
             after = np.array([step.hazard(k, upstream_down=True) for k in range(1, tries + 1)])
             hazard = np.where(undelivered[step.depends_on][:, None], after, hazard)
-        for _ in range(step.per_run):
-            draws = rng.random((runs, max(tries, 1)))
-            rescue = rng.random(runs) < step.fallback_rescue
+        for instance in range(step.per_run):
+            draws, rescue = _draws(seed, step.name, instance, runs, tries)
+            rescue = rescue < step.fallback_rescue
             won = draws[:, :tries] < hazard
             first = np.where(won.any(axis=1), won.argmax(axis=1) + 1, 0)  # 0: never
             used = np.where(first > 0, first, tries)
@@ -398,6 +398,18 @@ def simulate(
         wasted_s=float((np.stack(wasted, axis=1) * mask).sum(axis=1).mean()),
         unavailable=off,
     )
+
+
+def _draws(
+    seed: int, name: str, instance: int, runs: int, tries: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One task run's random draws per simulated run: attempt k's in column k, and the
+    fallback's. Each step instance has a generator of its own and attempt k's draws come
+    k-th, so a policy that changes one step's retries leaves every other draw as it was."""
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+    rng = np.random.default_rng([seed, key, instance])
+    rescue = rng.random(runs)
+    return rng.random((max(tries, 1), runs)).T, rescue
 
 
 _SUCCEEDED, _RECOVERED, _DEGRADED, _TOLERATED, _FAILED = range(5)
