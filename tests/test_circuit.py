@@ -141,11 +141,13 @@ def test_after_reset_after_one_trial_goes_through_and_its_success_closes_it() ->
 
 def test_a_failed_trial_opens_it_again() -> None:
     name = "trial-fails"
-    step = breaker_step(name)
+    # reset after 4 s: on a loaded machine the call after the failed trial may take more than
+    # a second to reach its breaker, and would then rightly be let through as a new trial
+    step = breaker_step(name, reset_after=4.0)
     down.add(name)
     call(step, 2)
     opened_at = read_state(name).opened_at
-    time.sleep(1.1)
+    time.sleep(4.1)
     before = calls[name]
     values, outcomes = call(step, 2)
     assert calls[name] == before + 2  # the trial, and its one retry; the next call not at all
