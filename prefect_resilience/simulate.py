@@ -109,10 +109,11 @@ def compare_policies(
             [],
             f"{len(finished)} finished flow runs; at least {MIN_FLOW_RUNS} are needed",
         )
-    point = _pair(task_runs, finished, reports, now, proposed, runs, seed)
-    unseen = _unseen(fit(task_runs, finished, reports, proposed))
+    models = _fit_pair(task_runs, finished, reports, now, proposed)
+    point = _play(models, now, proposed, runs, seed)
+    unseen = [f"{s.name} ({len(s.reached)})" for s in models[1].steps if s.unseen_attempts]
     worst = (
-        _pair(task_runs, finished, reports, now, proposed, runs, seed, unseen_fail=True)
+        _play([_unseen_attempts_fail(m) for m in models], now, proposed, runs, seed)
         if unseen
         else point
     )
@@ -121,7 +122,8 @@ def compare_policies(
     changes: dict[str, list[float]] = {metric: [] for metric in METRICS}
     for _ in range(bootstrap):
         tasks, flows = resample_runs([task_runs, finished], ids, rng)
-        before, after = _pair(tasks, flows, reports, now, proposed, runs, seed)
+        refitted = _fit_pair(tasks, flows, reports, now, proposed)
+        before, after = _play(refitted, now, proposed, runs, seed)
         for metric in METRICS:
             changes[metric].append(getattr(after, metric) - getattr(before, metric))
     effects = []
@@ -140,20 +142,11 @@ def compare_policies(
     return PolicyComparison(len(finished), effects, unseen=unseen)
 
 
-def _unseen(model: WorkflowModel) -> list[str]:
-    """'step (k)' for each step given more attempts than the k its history shows."""
-    return [
-        f"{s.name} ({len(s.reached)})"
-        for s in model.steps
-        if s.step.retry_count + 1 > len(s.reached)
-    ]
-
-
 def _unseen_attempts_fail(model: WorkflowModel) -> WorkflowModel:
     """The model with every attempt beyond those its history shows failing."""
     steps = []
     for s in model.steps:
-        extra = max(s.step.retry_count + 1 - len(s.reached), 0)
+        extra = s.unseen_attempts
         if extra:
             s = replace(s, reached=s.reached + (1,) * extra, succeeded=s.succeeded + (0,) * extra)
             if s.depends_on is not None:
@@ -166,21 +159,23 @@ def _unseen_attempts_fail(model: WorkflowModel) -> WorkflowModel:
     return replace(model, steps=tuple(steps))
 
 
-def _pair(
+def _fit_pair(
     task_runs: pd.DataFrame,
     flow_runs: pd.DataFrame,
     reports: pd.DataFrame | None,
     now: WorkflowPolicy,
     proposed: WorkflowPolicy,
+) -> list[WorkflowModel]:
+    """The history's model under each policy (a policy's rules override what it shows)."""
+    return [fit(task_runs, flow_runs, reports, policy) for policy in (now, proposed)]
+
+
+def _play(
+    models: list[WorkflowModel],
+    now: WorkflowPolicy,
+    proposed: WorkflowPolicy,
     runs: int,
     seed: int,
-    unseen_fail: bool = False,
 ) -> tuple[Prediction, Prediction]:
-    """Both policies played on the same history with the same draws (with `unseen_fail`,
-    attempts beyond those history shows fail)."""
-    models = [fit(task_runs, flow_runs, reports, policy) for policy in (now, proposed)]
-    if unseen_fail:
-        models = [_unseen_attempts_fail(m) for m in models]
-    before = simulate(models[0], now, runs, seed)
-    after = simulate(models[1], proposed, runs, seed)
-    return before, after
+    """Both models played under their policies with the same draws."""
+    return simulate(models[0], now, runs, seed), simulate(models[1], proposed, runs, seed)

@@ -664,9 +664,8 @@ def _with_success(model: WorkflowModel, change: _Change, success: float) -> Work
 def _with_timeout(model: WorkflowModel, change: _Change) -> WorkflowModel:
     """Failed attempts cut at the limit: the seconds they ran over it are no longer spent."""
     step = model.step(change.step)
-    failed_s = step.attempt_s if step.failed_attempt_s is None else step.failed_attempt_s
     saved = change.evidence["seconds_over_limit"] / max(change.evidence["failed_attempts"], 1)
-    return model.with_step(change.step, failed_attempt_s=max(failed_s - saved, 0.0))
+    return model.with_step(change.step, failed_attempt_s=max(step.failed_s - saved, 0.0))
 
 
 def _metrics(model: WorkflowModel, base: Prediction, p: Prediction) -> dict[str, float]:

@@ -104,6 +104,16 @@ class StepModel:
         return float(np.prod([1 - self.hazard(k) for k in range(1, attempts + 1)]))
 
     @property
+    def failed_s(self) -> float:
+        """Seconds a failed attempt takes (`failed_attempt_s`, else `attempt_s`)."""
+        return self.attempt_s if self.failed_attempt_s is None else self.failed_attempt_s
+
+    @property
+    def unseen_attempts(self) -> int:
+        """Attempts its policy allows beyond the last one its history shows an outcome of."""
+        return max(self.step.retry_count + 1 - len(self.reached), 0)
+
+    @property
     def retry_evidence(self) -> int:
         """Runs that reached a retry (attempt 2 or later): what a retry claim rests on."""
         return self.reached[1] if len(self.reached) > 1 else 0
@@ -368,8 +378,7 @@ def simulate(
             first = np.where(won.any(axis=1), won.argmax(axis=1) + 1, 0)  # 0: never
             used = np.where(first > 0, first, tries)
             waits = np.concatenate([[0.0], np.cumsum(np.resize(delays, max(tries - 1, 0)))])
-            failed_s = step.attempt_s if step.failed_attempt_s is None else step.failed_attempt_s
-            lost = np.where(first > 0, first - 1, tries) * failed_s
+            lost = np.where(first > 0, first - 1, tries) * step.failed_s
             spent = lost + (first > 0) * step.attempt_s + waits[used - 1]
             columns.append(_statuses(step, first, rescue))
             if step.per_run == 1:
