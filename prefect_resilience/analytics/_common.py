@@ -132,6 +132,21 @@ def wilson_interval(
     return low, high
 
 
+def two_proportion_z(first_hits: Any, first_n: Any, second_hits: Any, second_n: Any) -> Any:
+    """How many pooled standard errors the second proportion lies above the first.
+
+    NaN where either sample is empty or the pooled proportion is 0 or 1 (every
+    run alike: there is no difference to measure). Scalars give floats.
+    """
+    a, n = np.asarray(first_hits, dtype=float), np.asarray(first_n, dtype=float)
+    b, m = np.asarray(second_hits, dtype=float), np.asarray(second_n, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pooled = (a + b) / (n + m)
+        error = np.sqrt(pooled * (1 - pooled) * (1 / n + 1 / m))
+        z = np.where(error > 0, (b / m - a / n) / error, np.nan)
+    return float(z) if z.ndim == 0 else z
+
+
 def rate(part: Any, n: Any) -> Any:
     """part / n, NaN where n is 0: a rate of nothing is unknown, not zero."""
     part_values = np.asarray(part, dtype=float)

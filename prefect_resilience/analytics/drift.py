@@ -16,8 +16,12 @@ third of the history, which the widening is there to cover.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import pandas as pd
+
+from ._common import two_proportion_z
 
 DRIFT_Z = 3.0
 """Standard errors between the earlier and the latest rate that count as a drift."""
@@ -54,24 +58,28 @@ class Drift:
 
 
 def detect_drift(
-    order: np.ndarray, succeeded: np.ndarray, min_runs: int, z: float = DRIFT_Z
+    order: Any, succeeded: np.ndarray, min_runs: int, z: float = DRIFT_Z
 ) -> tuple[Drift | None, np.ndarray]:
     """The drift, if any, and which runs to fit on (a boolean mask over the runs).
 
-    `order` sorts the runs in time (their start times); `succeeded` is whether
-    each run's first attempt succeeded. Fewer than `min_runs` on either side
-    of the split tells nothing: no drift, all runs.
+    `order` sorts the runs in time (their start times; a run without one
+    leaves the order unknown: no drift); `succeeded` is whether each run's
+    first attempt succeeded. Fewer than `min_runs` on either side of the
+    split tells nothing: no drift, all runs.
     """
     everything = np.ones(len(succeeded), dtype=bool)
-    ranks = np.argsort(np.argsort(order, kind="stable"), kind="stable")
+    times = pd.Series(order)
+    if times.isna().any():
+        return None, everything
+    ranks = times.rank(method="first").to_numpy() - 1
     latest = ranks >= len(succeeded) * 2 // 3
     earlier_runs, latest_runs = int((~latest).sum()), int(latest.sum())
     if min(earlier_runs, latest_runs) < max(min_runs, 1):
         return None, everything
     before, after = float(succeeded[~latest].mean()), float(succeeded[latest].mean())
-    pooled = float(succeeded.mean())
-    error = np.sqrt(pooled * (1 - pooled) * (1 / earlier_runs + 1 / latest_runs))
-    score = (after - before) / error if error > 0 else 0.0
-    if abs(score) < z:
+    score = two_proportion_z(
+        succeeded[~latest].sum(), earlier_runs, succeeded[latest].sum(), latest_runs
+    )
+    if not abs(score) >= z:  # NaN (every run alike) is no drift
         return None, everything
     return Drift(before, after, earlier_runs, latest_runs, float(score)), latest

@@ -40,7 +40,15 @@ from prefect_resilience.policy import (
     WorkflowPolicy,
 )
 
-from ._common import FAILED_STATES, FINISHED_STATES, durations, names, state_types, utc
+from ._common import (
+    FAILED_STATES,
+    FINISHED_STATES,
+    durations,
+    names,
+    state_types,
+    two_proportion_z,
+    utc,
+)
 from .drift import Drift, detect_drift
 
 MIN_STEP_RUNS = 5
@@ -254,12 +262,7 @@ def _step_model(
     failed = state_types(group).isin(FAILED_STATES).to_numpy(bool)
     most = int(attempts.max())
     first_won = ~failed & (attempts == 1).to_numpy(bool)
-    starts = utc(group["start_time"])
-    drift, latest = (
-        detect_drift(starts.to_numpy("datetime64[ns]"), first_won, MIN_DRIFT_RUNS)
-        if starts.notna().all()
-        else (None, np.ones(len(group), dtype=bool))
-    )
+    drift, latest = detect_drift(utc(group["start_time"]), first_won, MIN_DRIFT_RUNS)
     reached, succeeded = _attempt_counts(group[latest])
     seconds = (durations(group) / attempts).to_numpy(float)
     attempt_s = _mean(seconds[first_won]) if first_won.any() else _mean(seconds)
@@ -332,9 +335,8 @@ def _co_failure_z(down: pd.DataFrame, earlier: str, later: str) -> float:
     after, otherwise = both[both[earlier]][later], both[~both[earlier]][later]
     if min(len(after), len(otherwise)) < MIN_STEP_RUNS:
         return 0.0
-    pooled = both[later].mean()
-    error = np.sqrt(pooled * (1 - pooled) * (1 / len(after) + 1 / len(otherwise)))
-    return float((after.mean() - otherwise.mean()) / error) if error > 0 else 0.0
+    z = two_proportion_z(otherwise.sum(), len(otherwise), after.sum(), len(after))
+    return z if np.isfinite(z) else 0.0
 
 
 def _fallback_rescue(reports: pd.DataFrame | None) -> dict[str, float]:

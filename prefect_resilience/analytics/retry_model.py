@@ -711,10 +711,8 @@ def fit_retry_models(
 
 def _drift(runs: pd.DataFrame, min_runs: int) -> tuple[Drift | None, np.ndarray]:
     """`detect_drift` on one step's runs, by start time (none without start times)."""
-    if "start" not in runs.columns or runs["start"].isna().any():
-        return None, np.ones(len(runs), dtype=bool)
     first_won = (runs["completed"] & (runs["attempts"] == 1)).to_numpy(bool)
-    return detect_drift(runs["start"].to_numpy("datetime64[ns]"), first_won, min_runs)
+    return detect_drift(runs.get("start", pd.Series(pd.NaT, index=runs.index)), first_won, min_runs)
 
 
 # --- choosing ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from ._common import (
     rate,
     require_columns,
     state_types,
+    two_proportion_z,
     wilson_interval,
     z_value,
 )
@@ -294,10 +295,7 @@ def _one_sided_p(
         # failures that land in the recent window when all failures are dealt at random
         p = stats.hypergeom.sf(recent_failures - 1, total, failures, recent_runs)
     else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            pooled = failures / total
-            se = np.sqrt(pooled * (1 - pooled) * (1 / recent_runs + 1 / baseline_runs))
-            diff = recent_failures / recent_runs - baseline_failures / baseline_runs
-            # no failure at all, or nothing but failures: no difference to test
-            p = np.where(se > 0, stats.norm.sf(diff / se), 1.0)
+        z = two_proportion_z(baseline_failures, baseline_runs, recent_failures, recent_runs)
+        # no failure at all, or nothing but failures: no difference to test
+        p = np.where(np.isfinite(z), stats.norm.sf(z), 1.0)
     return np.where(empty, np.nan, np.asarray(p, dtype=float))
