@@ -563,20 +563,12 @@ def measurement_noise(
     if not len(ids):
         return {}
     rng = np.random.default_rng(seed)
-    frames = [task_runs, finished, reports if reports is not None else pd.DataFrame()]
-    drawn = pd.DataFrame(
-        [realised_metrics(*_drawn_frames(frames, ids, rng)) for _ in range(max(count, 2))]
-    )
-    return {str(k): float(v) for k, v in drawn.std().items()}
-
-
-def _drawn_frames(
-    frames: list[pd.DataFrame], ids: np.ndarray, rng: np.random.Generator
-) -> list[pd.DataFrame]:
-    """`resample_runs` over the frames that have runs; reports are kept only when keyed."""
-    keyed = [f for f in frames if "flow_run_id" in f.columns]
-    drawn = iter(resample_runs(keyed, ids, rng))
-    return [next(drawn) if "flow_run_id" in f.columns else f for f in frames]
+    frames = [task_runs, finished] + ([] if reports is None else [reports])
+    values = []
+    for _ in range(max(count, 2)):
+        tasks, flows, *drawn_reports = resample_runs(frames, ids, rng)
+        values.append(realised_metrics(tasks, flows, drawn_reports[0] if drawn_reports else None))
+    return {str(k): float(v) for k, v in pd.DataFrame(values).std().items()}
 
 
 def _held_back(candidate: Candidate, noise: dict[str, float], runs: int) -> str | None:
