@@ -96,6 +96,15 @@ FROM_STEP = "(step's own)"
 """What `show` prints for a setting the policy leaves to the step's decorator (or its default)."""
 
 
+DELAY_SETTINGS = ("retry_delay", "retry_delays", "backoff")
+"""The settings that decide a step's delays between attempts."""
+
+
+def _delays_text(delays: list[float]) -> str:
+    """The first five delays in seconds, and '...' when there are more."""
+    return ", ".join(f"{d:g}" for d in delays[:5]) + (" ..." if len(delays) > 5 else "")
+
+
 def _rule_row(rule: StepRule) -> list[str]:
     """One step policy's cells: the values it sets, and which it leaves to the step."""
     explicit = rule.explicit()
@@ -103,15 +112,11 @@ def _rule_row(rule: StepRule) -> list[str]:
     def given(field: str, text: str) -> str:
         return text if field in explicit else FROM_STEP
 
-    delays = rule.retry_delays()
-    delay_set = {"retry_delay", "retry_delays", "backoff"} & set(explicit)
     return [
         rule.match,
         given("policy", rule.policy.value),
         given("retries", str(rule.retries)),
-        ", ".join(f"{d:g}" for d in delays[:5]) + (" ..." if len(delays) > 5 else "")
-        if delay_set
-        else FROM_STEP,
+        _delays_text(rule.retry_delays()) if set(DELAY_SETTINGS) & set(explicit) else FROM_STEP,
         given("critical", "yes" if rule.critical else "no"),
         given("impact", rule.impact.value),
         given("fallbacks", ", ".join(rule.fallbacks) or "none"),
@@ -171,7 +176,7 @@ def show(
 EFFECTIVE_FIELDS = {
     "policy": ("policy",),
     "retries": ("retries",),
-    "delays (s)": ("retry_delay", "retry_delays", "backoff"),
+    "delays (s)": DELAY_SETTINGS,
     "critical": ("critical",),
     "impact": ("impact",),
     "fallbacks": ("fallbacks",),
@@ -190,12 +195,10 @@ def _effective_table(policy: WorkflowPolicy, flow_object: Any) -> Table:
         tags = tuple(step.tags)
         rule = policy.rule_for(step.name, tags)
         effective = policy.policy_for(step.name, tags, step.step)
-        delays = effective.retry_delays()
         values = {
             "policy": effective.policy.value,
             "retries": str(effective.retries),
-            "delays (s)": ", ".join(f"{d:g}" for d in delays[:5]) + (" ..." * (len(delays) > 5))
-            or "none",
+            "delays (s)": _delays_text(effective.retry_delays()) or "none",
             "critical": "yes" if effective.critical else "no",
             "impact": effective.impact.value,
             "fallbacks": ", ".join(effective.fallbacks) or "none",
