@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, show, write_section  # noqa: E402
 
 from prefect_resilience.analytics.retry_model import (  # noqa: E402
+    LearnedRetries,
     backoff_delays,
     choose_retries,
     fit_retry_models,
@@ -147,13 +148,27 @@ CASES: list[tuple[str, Process, bool]] = [
 ]
 
 
-def run_case(name: str, process: Process, two_schedules: bool, runs: int, seed: int) -> list[str]:
-    rng = np.random.default_rng(seed)
+def history_of(
+    process: Process, two_schedules: bool, runs: int, rng: np.random.Generator
+) -> pd.DataFrame:
+    """`runs` runs of the process over the history, each under one of the schedules."""
     when = np.sort(rng.random(runs))
     names = list(SCHEDULES) if two_schedules else list(SCHEDULES)[:1]
     chosen = rng.integers(0, len(names), runs)
-    delays = [SCHEDULES[names[c]] for c in chosen]
-    history = simulate(process, when, delays, rng)
+    return simulate(process, when, [SCHEDULES[names[c]] for c in chosen], rng)
+
+
+def plan_of(learned: LearnedRetries) -> list[float]:
+    """The delays a learned recommendation retries with (the declared 1 s when not learned)."""
+    if learned.backoff is None:
+        return [DECLARED[0]] * learned.retries
+    b = learned.backoff
+    return backoff_delays(b["initial"], b["factor"], b["max"], learned.retries)
+
+
+def run_case(name: str, process: Process, two_schedules: bool, runs: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    history = history_of(process, two_schedules, runs, rng)
     cut = int(0.7 * runs)
     train, test = history.iloc[:cut], history.iloc[cut:]
     model = fit_retry_models(train)["step"]
@@ -171,12 +186,11 @@ def run_case(name: str, process: Process, two_schedules: bool, runs: int, seed: 
         schedule, outcome = "none: " + choice.reason, "n/a"
         gap = "n/a"
     else:
+        plan = plan_of(learned)
         if learned.backoff is None:
-            plan = [DECLARED[0]] * learned.retries
             schedule = f"{learned.retries} retries, declared 1 s ({learned.basis})"
         else:
             b = learned.backoff
-            plan = backoff_delays(b["initial"], b["factor"], b["max"], learned.retries)
             schedule = (
                 f"{learned.retries} retries, {b['initial']:g} s x{b['factor']:g} "
                 f"max {b['max']:g} s ({learned.basis})"
@@ -218,9 +232,7 @@ def calibration(
     hazards_in = hazards_n = success_in = success_n = 0
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        when = np.sort(rng.random(runs))
-        chosen = rng.integers(0, len(names), runs)
-        history = simulate(process, when, [SCHEDULES[names[c]] for c in chosen], rng)
+        history = history_of(process, two_schedules, runs, rng)
         model = fit_retry_models(history.iloc[: int(0.7 * runs)])["step"]
         fresh_when = rng.uniform(0.7, 1.0, 20_000)
         mix = [SCHEDULES[names[c]] for c in rng.integers(0, len(names), len(fresh_when))]
@@ -237,14 +249,7 @@ def calibration(
         learned = choose_retries(model, ATTEMPT_S, BUDGET_S, declared=DECLARED).learned
         if learned is None:
             continue
-        plan = (
-            [DECLARED[0]] * learned.retries
-            if learned.backoff is None
-            else backoff_delays(
-                learned.backoff["initial"], learned.backoff["factor"], learned.backoff["max"],
-                learned.retries,
-            )
-        )  # fmt: skip
+        plan = plan_of(learned)
         fresh = simulate(process, fresh_when, [plan] * len(fresh_when), rng)
         real_success = fresh["state_type"].eq("COMPLETED").mean()
         success_in += int(
