@@ -71,6 +71,19 @@ class FailureImpact(StrEnum):
     NEGLIGIBLE = "negligible"
 
 
+def _in_place(enum: type[StrEnum]) -> WithJsonSchema:
+    """An enum's JSON schema written into the field instead of a `$ref`.
+
+    Prefect's block form (its default UI) labels a `$ref` field with the enum's
+    class name and docstring; in place, the field's own title and description show.
+    """
+    return WithJsonSchema({"type": "string", "enum": [member.value for member in enum]})
+
+
+Policy = Annotated[FailurePolicy, _in_place(FailurePolicy)]
+Impact = Annotated[FailureImpact, _in_place(FailureImpact)]
+
+
 class FailureAction(StrEnum):
     """The decision taken about one failure; every decision carries a reason."""
 
@@ -270,8 +283,9 @@ class StepPolicy(_Model):
     defaults); `explicit()` returns only what was set.
     """
 
-    policy: FailurePolicy = Field(
+    policy: Policy = Field(
         FailurePolicy.FAIL_FAST,
+        title="Policy",
         validation_alias=_aliases("policy", "failurePolicy", "failure_policy"),
         description="What happens once the step has failed for good.",
     )
@@ -282,7 +296,9 @@ class StepPolicy(_Model):
         " step policy): the retries learned from history, stored in the policy's"
         " learned_retries.",
     )
-    backoff: Backoff | None = Field(None, description="Capped exponential backoff between retries.")
+    backoff: Backoff | None = Field(
+        None, title="Backoff", description="Capped exponential backoff between retries."
+    )
     retry_delay: Delay | list[Delay] | None = Field(
         None,
         validation_alias=_aliases("retry_delay", "retryDelay"),
@@ -305,8 +321,9 @@ class StepPolicy(_Model):
         validation_alias=_aliases("critical", "isCritical", "is_critical"),
         description="Its failure is a critical failure for the termination rules.",
     )
-    impact: FailureImpact = Field(
+    impact: Impact = Field(
         FailureImpact.MAJOR,
+        title="Impact",
         validation_alias=_aliases("impact", "failureImpact", "failure_impact"),
         description="Its weight in the health score.",
     )
@@ -343,6 +360,7 @@ class StepPolicy(_Model):
     )
     circuit_breaker: CircuitBreaker | None = Field(
         None,
+        title="Circuit breaker",
         validation_alias=_aliases("circuit_breaker", "circuitBreaker"),
         description="A breaker shared across runs and workers by name; empty: none.",
     )
@@ -424,9 +442,19 @@ class StepPolicy(_Model):
         return self.policy is not FailurePolicy.FAIL_FAST
 
 
-def _match_first(schema: dict[str, Any]) -> None:
-    """Put `match` first in a step rule's JSON schema, so forms (Prefect's UI) show it first."""
+def _step_rule_schema(schema: dict[str, Any]) -> None:
+    """A step rule's JSON schema as a form should show it: `match` first, and no defaults.
+
+    A setting a rule leaves out keeps the decorator's value, so the model's
+    defaults are not the rule's: a form that filled them in (Prefect's UI does)
+    would make the rule override every setting of every step it matches.
+    """
     properties = schema.get("properties", {})
+    for field in properties.values():
+        field.pop("default", None)
+        options = field.get("anyOf", [])
+        if {"type": "null"} in options:
+            options.sort(key=lambda option: option != {"type": "null"})
     if "match" in properties:
         schema["properties"] = {"match": properties.pop("match"), **properties}
 
@@ -440,13 +468,25 @@ class StepRule(StepPolicy):
     `critical_database_setup`.
     """
 
-    model_config = ConfigDict(json_schema_extra=_match_first)
+    model_config = ConfigDict(json_schema_extra=_step_rule_schema)
 
     match: str = Field(
         min_length=1,
         max_length=MAX_NAME_LENGTH,
         description="Task name glob, or 'tag:' and a glob to match a task tag.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_not_set(cls, data: Any) -> Any:
+        """A setting given as null is left to the decorator, as if it were left out.
+
+        Prefect's block form writes null for each optional setting left empty;
+        `default` is a value, not a setting, so a null there is kept.
+        """
+        if not isinstance(data, Mapping):
+            return data
+        return {key: value for key, value in data.items() if value is not None or key == "default"}
 
     def matches(self, task_name: str, tags: Iterable[str] = ()) -> bool:
         if self.match.startswith("tag:"):
@@ -468,7 +508,7 @@ class LearnedRetry(_Model):
 
     retries: int = Field(ge=0, le=MAX_RETRIES, description="Retries after the first attempt.")
     backoff: Backoff | None = Field(
-        None, description="Learned backoff; empty: the declared delays are kept."
+        None, title="Backoff", description="Learned backoff; empty: the declared delays are kept."
     )
     predicted_success: float | None = Field(
         None, ge=0, le=1, description="Predicted chance the step succeeds with these retries."
@@ -483,6 +523,25 @@ DEFAULT_IMPACT_WEIGHTS: dict[FailureImpact, float] = {
     FailureImpact.MINOR: 0.3,
     FailureImpact.NEGLIGIBLE: 0.1,
 }
+
+
+MAX_IMPACT_WEIGHT = 1_000
+Weight = Annotated[float, Field(ge=0, le=MAX_IMPACT_WEIGHT)]
+
+
+def _one_property_per_impact(schema: dict[str, Any]) -> None:
+    """Name each impact in the weights' JSON schema, so a form shows one number per impact
+    with its default (a bare mapping is an empty JSON editor in Prefect's block form)."""
+    schema["properties"] = {
+        impact.value: {
+            "title": impact.value.capitalize(),
+            "type": "number",
+            "minimum": 0,
+            "maximum": MAX_IMPACT_WEIGHT,
+            "default": weight,
+        }
+        for impact, weight in DEFAULT_IMPACT_WEIGHTS.items()
+    }
 
 
 def _rules(value: Any) -> Any:
@@ -509,7 +568,7 @@ class WorkflowPolicy(_Model):
     name: str | None = Field(
         None, max_length=MAX_NAME_LENGTH, description="The policy's name, for reports and blocks."
     )
-    default_failure_policy: FailurePolicy = Field(
+    default_failure_policy: Policy = Field(
         FailurePolicy.FAIL_FAST,
         title="Default failure policy",
         validation_alias=_aliases("default_failure_policy", "defaultFailurePolicy"),
@@ -538,8 +597,9 @@ class WorkflowPolicy(_Model):
         description="Terminate when critical failures exceed this share of finished steps;"
         " empty: off.",
     )
-    impact_weights: dict[FailureImpact, Annotated[float, Field(ge=0, le=1_000)]] = Field(
+    impact_weights: dict[FailureImpact, Weight] = Field(
         default_factory=lambda: dict(DEFAULT_IMPACT_WEIGHTS),
+        json_schema_extra=_one_property_per_impact,
         validation_alias=_aliases("impact_weights", "impactWeights"),
         description="Weight of a step in the health score, by its impact.",
     )

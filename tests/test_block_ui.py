@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,4 +182,58 @@ def test_block_form_in_the_ui_saves_what_was_typed(browser_page, ui_server: str)
     assert policy.termination_threshold is None
     assert policy.health_alert_below == 0.85
     assert policy.degraded_credit == 0.5
+    assert policy.impact_weights == DEFAULT_IMPACT_WEIGHTS
+
+
+V2_BLOCK_NAME = "ui-v2-made-policy"
+
+
+def _field(page: Any, label: str) -> Any:
+    """The input group of the field labelled `label` in Prefect's V2 schema form."""
+    return page.locator(
+        f"xpath=//label[normalize-space()={label!r}]"
+        "/ancestor::div[contains(concat(' ', @class, ' '), ' group ')][1]"
+    )
+
+
+@pytest.mark.timeout(300)
+def test_v2_form_edits_step_policies_item_by_item(browser_page, ui_server: str) -> None:
+    """Prefect's V2 UI renders the list of step policies as one form per item; a rule made
+    there sets only what was typed, so every other setting stays the decorator's."""
+    from playwright.sync_api import expect
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from prefect_resilience.blocks import ResiliencePolicy
+    from prefect_resilience.policy import DEFAULT_IMPACT_WEIGHTS, FailurePolicy, StepPolicy
+
+    api_url = f"{ui_server}/api"
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        ResiliencePolicy.register_type_and_schema(_sync=True)
+
+    page = browser_page
+    page.goto(f"{ui_server}/v2/blocks/catalog/resilience-policy/create")
+    page.get_by_label("Name", exact=True).fill(V2_BLOCK_NAME)
+    expect(page.get_by_text("No items in this list")).to_have_count(1)
+    page.get_by_role("button", name="Add item").click()
+
+    page.get_by_label("Match", exact=True).fill("load_*")
+    page.get_by_role("button", name="Select Policy", exact=True).click()
+    page.get_by_role("option", name="continue", exact=True).click()
+    _field(page, "Retries (Optional)").locator("input[type=number]").fill("2")
+    # the weights are one number each, showing their defaults
+    expect(_field(page, "Major (Optional)").locator("input")).to_have_value("0.6")
+
+    page.get_by_role("button", name="Save", exact=True).click()
+    page.wait_for_url("**/blocks/block/**", timeout=60_000)
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        policy = ResiliencePolicy.load(V2_BLOCK_NAME, _sync=True).to_policy()
+
+    (rule,) = policy.step_policies
+    assert rule.model_fields_set == {"match", "policy", "retries"}
+    declared = StepPolicy(critical=True, timeout=30, backoff={"initial": 2, "max": 8})
+    effective = policy.policy_for("load_users", declared=declared)
+    assert (effective.policy, effective.retries) == (FailurePolicy.CONTINUE, 2)
+    assert (effective.critical, effective.timeout) == (True, 30.0)
+    assert effective.backoff == declared.backoff
     assert policy.impact_weights == DEFAULT_IMPACT_WEIGHTS

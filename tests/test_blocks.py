@@ -15,6 +15,7 @@ from prefect.testing.standard_test_suites import BlockStandardTestSuite
 from typer.testing import CliRunner
 
 from prefect_resilience import (
+    FailureImpact,
     FailurePolicy,
     ResilienceConfigError,
     ResiliencePolicy,
@@ -25,6 +26,7 @@ from prefect_resilience import (
 )
 from prefect_resilience import blocks as policy_blocks
 from prefect_resilience.cli import app
+from prefect_resilience.policy import DEFAULT_IMPACT_WEIGHTS
 from tests.conftest import ROOT
 
 
@@ -62,11 +64,24 @@ class TestResiliencePolicyBlock(BlockStandardTestSuite):
 
 def test_the_block_form_has_drop_downs_for_enums_and_a_list_of_step_policies() -> None:
     schema = ResiliencePolicy.model_json_schema()
-    definitions = schema["definitions"]
-    assert definitions["FailurePolicy"]["enum"] == [p.value for p in FailurePolicy]
-    assert schema["properties"]["step_policies"]["type"] == "array"
-    rule = definitions["StepRule"]["properties"]
+    properties = schema["properties"]
+    # enums sit in the field itself, so the form labels them with the field's own title
+    default_policy = properties["default_failure_policy"]
+    assert default_policy["enum"] == [p.value for p in FailurePolicy]
+    assert "$ref" not in default_policy
+    assert default_policy["title"] == "Default failure policy"
+    assert properties["step_policies"]["type"] == "array"
+    rule = schema["definitions"]["StepRule"]["properties"]
+    assert list(rule)[0] == "match"
     assert {"match", "policy", "retries", "backoff", "critical", "impact", "fallbacks"} <= set(rule)
+    assert rule["impact"]["enum"] == [i.value for i in FailureImpact]
+    titles = {name: rule[name].get("title") for name in rule}
+    assert None not in titles.values(), titles
+    assert titles["backoff"] == "Backoff"
+    assert titles["circuit_breaker"] == "Circuit breaker"
+    # one number per impact, with its default, rather than an empty mapping editor
+    weights = properties["impact_weights"]["properties"]
+    assert {i: weights[i.value]["default"] for i in FailureImpact} == DEFAULT_IMPACT_WEIGHTS
     assert ResiliencePolicy.get_block_type_slug() == "resilience-policy"
 
 

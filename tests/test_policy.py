@@ -122,6 +122,35 @@ def test_workflow_rule_overrides_decorator_settings_field_by_field() -> None:
     )
 
 
+def test_a_rules_null_settings_are_left_to_the_decorator() -> None:
+    # Prefect's block form writes null for each optional setting left empty
+    declared = StepPolicy(timeout=5, backoff={"initial": 2, "max": 8}, default=[])
+    policy = WorkflowPolicy(
+        step_policies=[
+            {"match": "fetch", "retries": 3, "timeout": None, "backoff": None, "default": None}
+        ]
+    )
+    (rule,) = policy.step_policies
+    assert rule.model_fields_set == {"match", "retries", "default"}
+    effective = policy.policy_for("fetch", declared=declared)
+    assert (effective.retries, effective.timeout) == (3, 5.0)
+    assert effective.backoff == Backoff(initial=2, max=8)
+    # `default` is a value, and a rule may make it None
+    assert effective.default is None
+
+
+def test_a_step_rules_schema_offers_no_defaults_to_fill_in() -> None:
+    # what a rule leaves out is the decorator's: a form must not fill in the model's defaults
+    schema = WorkflowPolicy.model_json_schema()["$defs"]["StepRule"]
+    properties = schema["properties"]
+    assert list(properties)[0] == "match"
+    assert [name for name, field in properties.items() if "default" in field] == []
+    for name, field in properties.items():
+        options = field.get("anyOf", [])
+        if {"type": "null"} in options:
+            assert options[0] == {"type": "null"}, name
+
+
 def test_declared_policy_beats_workflow_default() -> None:
     policy = WorkflowPolicy(default_failure_policy="partial_success")
     assert policy.policy_for("x", declared=StepPolicy(policy="fail_fast")).policy == "fail_fast"
