@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from prefect.blocks.core import Block
-from pydantic import ValidationError, field_serializer
+from pydantic import HttpUrl, TypeAdapter, ValidationError, field_serializer
 
 from prefect_resilience import versions
 from prefect_resilience.errors import ResilienceConfigError
@@ -45,12 +45,17 @@ __all__ = [
     "plan_changes",
     "policy_document",
     "record_ui_edit",
+    "register_block_type",
     "rollback",
     "save_policy",
     "version_key",
 ]
 
 LOGO_FILE = Path(__file__).parent / "assets" / "resilience-policy.png"
+DEFAULT_LOGO_URL = (
+    "https://raw.githubusercontent.com/prefect-resilience/prefect-resilience/main/"
+    "prefect_resilience/assets/resilience-policy.png"
+)
 _POLICY_FIELDS = [name for name in WorkflowPolicy.model_fields if name != "name"]
 
 
@@ -67,12 +72,9 @@ class ResiliencePolicy(Block):
 
     _block_type_name: ClassVar[str] = "Resilience Policy"
     _block_type_slug: ClassVar[str] = "resilience-policy"
-    # Prefect's client accepts only http(s) logo URLs; the same image ships with the
-    # package (LOGO_FILE), so it can be checked and served without a network
-    _logo_url: ClassVar[Any] = (
-        "https://raw.githubusercontent.com/prefect-resilience/prefect-resilience/main/"
-        "prefect_resilience/assets/resilience-policy.png"
-    )
+    # Prefect's client accepts only http(s) logo URLs (no data: URL); the image ships
+    # with the package (LOGO_FILE) for a server of one's own: see register_block_type
+    _logo_url: ClassVar[Any] = DEFAULT_LOGO_URL
     _documentation_url: ClassVar[Any] = (
         "https://github.com/prefect-resilience/prefect-resilience/blob/main/docs/blocks.md"
     )
@@ -126,6 +128,49 @@ def nightly():
     @classmethod
     def from_policy(cls, policy: WorkflowPolicy) -> ResiliencePolicy:
         return cls.model_validate(policy_document(policy))
+
+
+def register_block_type(logo_url: str | None = None) -> None:
+    """Register the Resilience Policy block type, its logo at `logo_url` if given.
+
+    The UI loads a block type's logo from its URL in each user's browser, so
+    behind a closed network the shipped image (`LOGO_FILE`) must be served from
+    a server the browsers reach. Without `logo_url`, a URL set by an earlier
+    registration is kept, so a teammate's plain `register` does not undo it.
+    """
+    url = _http_url(logo_url) if logo_url is not None else _registered_logo_url()
+    default = ResiliencePolicy._logo_url
+    ResiliencePolicy._logo_url = url or default
+    try:
+        # sync also when called from a running event loop, where Prefect's dispatch
+        # would hand back a coroutine
+        ResiliencePolicy.register_type_and_schema(_sync=True)  # type: ignore[call-arg]
+    finally:
+        ResiliencePolicy._logo_url = default
+
+
+def _http_url(text: str) -> HttpUrl:
+    try:
+        return TypeAdapter(HttpUrl).validate_python(text)
+    except ValidationError:
+        raise ResilienceConfigError(
+            f"logo URL: {text!r} is not an http(s) URL (Prefect accepts no other for a logo)"
+        ) from None
+
+
+def _registered_logo_url() -> HttpUrl | None:
+    """The logo URL the server has for the block type, unless it is the package's default."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            block_type = client.read_block_type_by_slug(ResiliencePolicy.get_block_type_slug())
+        except ObjectNotFound:
+            return None
+    if block_type.logo_url is None or str(block_type.logo_url) == DEFAULT_LOGO_URL:
+        return None
+    return block_type.logo_url
 
 
 def policy_document(policy: WorkflowPolicy) -> dict[str, Any]:

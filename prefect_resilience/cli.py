@@ -435,11 +435,23 @@ def scale_flow(
 
 @app.command("register")
 @talks_to_api
-def register_blocks() -> None:
+def register_blocks(
+    logo_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PREFECT_RESILIENCE_LOGO_URL",
+            help="http(s) URL the UI loads the block type's logo from: where you serve"
+            " the package's assets/resilience-policy.png (default: the project's repository).",
+        ),
+    ] = None,
+) -> None:
     """Register the Resilience Policy block type with the Prefect server."""
-    from prefect_resilience.blocks import ResiliencePolicy
+    from prefect_resilience.blocks import register_block_type
 
-    ResiliencePolicy.register_type_and_schema()
+    try:
+        register_block_type(logo_url)
+    except ResilienceConfigError as exc:
+        raise config_failure(exc) from None
     console.print("registered block type: Resilience Policy (resilience-policy)")
 
 

@@ -26,7 +26,9 @@ does not import pytest: failures raise `ServerError` with the process's log.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
+import http.server
 import json
 import os
 import shutil
@@ -35,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -475,3 +478,28 @@ def prefect_worker(
         yield worker
     finally:
         stop_process_group(process)
+
+
+class _QuietFileHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib's name)
+        """Requests are not logged: a test's output stays its own."""
+
+
+@contextlib.contextmanager
+def file_server(directory: Path) -> Iterator[str]:
+    """A static HTTP server on 127.0.0.1 for the files of `directory`; yields its base URL.
+
+    Stands in for wherever a team serves a file its users' browsers load (the
+    block type's logo), so a test fetches it over real HTTP rather than through
+    a patched opener.
+    """
+    handler = functools.partial(_QuietFileHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import prefect_server
+from tests.servers import PrefectServer, file_server, prefect_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -43,10 +43,21 @@ STEP_POLICIES = [{"match": "load_*", "policy": "continue", "retries": 2}]
 
 
 @pytest.fixture
-def ui_server(tmp_path: Path) -> Iterator[str]:
-    """`prefect server start` on a free port with its own PREFECT_HOME; yields its base URL."""
-    with prefect_server(home=tmp_path / "prefect-home", startup_timeout=90) as server:
-        yield server.base_url
+def ui_server(tmp_path: Path) -> Iterator[PrefectServer]:
+    """`prefect server start` on a free port with its own PREFECT_HOME, the block type
+    registered with its logo served over HTTP as a team serves it."""
+
+    from prefect_resilience.blocks import LOGO_FILE, register_block_type
+
+    with (
+        prefect_server(home=tmp_path / "prefect-home", startup_timeout=90) as server,
+        file_server(LOGO_FILE.parent) as logos,
+    ):
+        # Playwright's sync API keeps an event loop running in the test's thread, so
+        # this registers before the browser starts
+        with server.settings():
+            register_block_type(f"{logos}/{LOGO_FILE.name}")
+        yield server
 
 
 @pytest.fixture
@@ -78,11 +89,10 @@ def browser_page() -> Iterator[object]:
 
 
 @pytest.mark.timeout(300)
-def test_block_form_in_the_ui_saves_what_was_typed(browser_page, ui_server: str) -> None:
+def test_block_form_in_the_ui_saves_what_was_typed(browser_page, ui_server: PrefectServer) -> None:
     from playwright.sync_api import expect
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from prefect_resilience.blocks import LOGO_FILE, ResiliencePolicy
+    from prefect_resilience.blocks import ResiliencePolicy
     from prefect_resilience.policy import (
         DEFAULT_IMPACT_WEIGHTS,
         FailureImpact,
@@ -90,20 +100,8 @@ def test_block_form_in_the_ui_saves_what_was_typed(browser_page, ui_server: str)
         StepRule,
     )
 
-    # Playwright's sync API keeps an event loop running in this thread, and Prefect's
-    # sync/async dispatch would then hand back a coroutine: ask for the sync call
-    api_url = f"{ui_server}/api"
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        ResiliencePolicy.register_type_and_schema(_sync=True)
-
     page = browser_page
-    # the block type's logo URL is on GitHub, out of reach of a closed network: serve
-    # the copy that ships with the package, so the screenshot shows the real logo
-    page.route(
-        str(ResiliencePolicy._logo_url),
-        lambda route: route.fulfill(path=LOGO_FILE, content_type="image/png"),
-    )
-    page.goto(f"{ui_server}/blocks/catalog/resilience-policy/create")
+    page.goto(f"{ui_server.base_url}/blocks/catalog/resilience-policy/create")
     form = page.locator("form.block-schema-create-form")
     expect(form).to_be_visible(timeout=60_000)
 
@@ -158,7 +156,7 @@ def test_block_form_in_the_ui_saves_what_was_typed(browser_page, ui_server: str)
     page.wait_for_url("**/blocks/block/**", timeout=60_000)
     expect(page.get_by_text(BLOCK_NAME).first).to_be_visible()
 
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    with ui_server.settings():
         block = ResiliencePolicy.load(BLOCK_NAME, _sync=True)
         policy = block.to_policy()
 
@@ -197,21 +195,16 @@ def _field(page: Any, label: str) -> Any:
 
 
 @pytest.mark.timeout(300)
-def test_v2_form_edits_step_policies_item_by_item(browser_page, ui_server: str) -> None:
+def test_v2_form_edits_step_policies_item_by_item(browser_page, ui_server: PrefectServer) -> None:
     """Prefect's V2 UI renders the list of step policies as one form per item; a rule made
     there sets only what was typed, so every other setting stays the decorator's."""
     from playwright.sync_api import expect
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from prefect_resilience.blocks import ResiliencePolicy
     from prefect_resilience.policy import DEFAULT_IMPACT_WEIGHTS, FailurePolicy, StepPolicy
 
-    api_url = f"{ui_server}/api"
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        ResiliencePolicy.register_type_and_schema(_sync=True)
-
     page = browser_page
-    page.goto(f"{ui_server}/v2/blocks/catalog/resilience-policy/create")
+    page.goto(f"{ui_server.base_url}/v2/blocks/catalog/resilience-policy/create")
     page.get_by_label("Name", exact=True).fill(V2_BLOCK_NAME)
     expect(page.get_by_text("No items in this list")).to_have_count(1)
     page.get_by_role("button", name="Add item").click()
@@ -226,7 +219,7 @@ def test_v2_form_edits_step_policies_item_by_item(browser_page, ui_server: str) 
     page.get_by_role("button", name="Save", exact=True).click()
     page.wait_for_url("**/blocks/block/**", timeout=60_000)
 
-    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+    with ui_server.settings():
         policy = ResiliencePolicy.load(V2_BLOCK_NAME, _sync=True).to_policy()
 
     (rule,) = policy.step_policies

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import urllib.request
-import urllib.response
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prefect.blocks.core import Block
@@ -28,34 +25,20 @@ from prefect_resilience import blocks as policy_blocks
 from prefect_resilience.cli import app
 from prefect_resilience.policy import DEFAULT_IMPACT_WEIGHTS
 from tests.conftest import ROOT
-
-
-class _ShippedLogo(urllib.request.BaseHandler):
-    """Serves the block's logo URL from the file the package ships: the check runs offline."""
-
-    handler_order = 100  # before urllib's own HTTPS handler
-
-    def https_open(self, request: urllib.request.Request) -> Any:
-        if request.full_url != str(ResiliencePolicy._logo_url):
-            return None
-        body = policy_blocks.LOGO_FILE.read_bytes()
-        response = urllib.response.addinfourl(
-            io.BytesIO(body), {"content-type": "image/png"}, request.full_url, 200
-        )
-        response.msg = "OK"
-        return response
+from tests.servers import file_server
 
 
 @pytest.fixture
-def offline_logo() -> Iterator[None]:
-    urllib.request.install_opener(urllib.request.build_opener(_ShippedLogo()))
-    try:
-        yield
-    finally:
-        urllib.request.install_opener(None)
+def served_logo(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The shipped logo served over HTTP on 127.0.0.1, as a team serves it for its UI;
+    the block type points at it for the test."""
+    with file_server(policy_blocks.LOGO_FILE.parent) as base:
+        url = f"{base}/{policy_blocks.LOGO_FILE.name}"
+        monkeypatch.setattr(ResiliencePolicy, "_logo_url", url)
+        yield url
 
 
-@pytest.mark.usefixtures("offline_logo")
+@pytest.mark.usefixtures("served_logo")
 class TestResiliencePolicyBlock(BlockStandardTestSuite):
     @pytest.fixture
     def block(self) -> type[Block]:
@@ -282,3 +265,50 @@ def test_a_misspelt_setting_in_a_block_document_is_named(request: pytest.Fixture
         )
     with pytest.raises(ResilienceConfigError, match="maxPartialFailure"):
         policy_blocks.load_block_policy(name)
+
+
+def test_the_default_logo_url_names_the_file_that_ships() -> None:
+    shipped = policy_blocks.LOGO_FILE.relative_to(ROOT).as_posix()
+    assert policy_blocks.DEFAULT_LOGO_URL.endswith(f"/main/{shipped}")
+    assert str(ResiliencePolicy._logo_url) == policy_blocks.DEFAULT_LOGO_URL
+
+
+def _registered_logo() -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        block_type = client.read_block_type_by_slug("resilience-policy")
+    return str(block_type.logo_url)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_register_takes_the_logo_url_a_team_serves_and_keeps_it() -> None:
+    runner = CliRunner()
+    with file_server(policy_blocks.LOGO_FILE.parent) as base:
+        url = f"{base}/{policy_blocks.LOGO_FILE.name}"
+        result = runner.invoke(app, ["register", "--logo-url", url])
+        assert result.exit_code == 0, result.output
+        assert _registered_logo() == url
+        # what each browser then loads is the image the package ships
+        with urllib.request.urlopen(_registered_logo(), timeout=10) as response:
+            assert response.read() == policy_blocks.LOGO_FILE.read_bytes()
+
+    # a plain register (a teammate's, an upgrade's) keeps the URL the server has
+    assert runner.invoke(app, ["register"]).exit_code == 0
+    assert _registered_logo() == url
+    # as does the environment variable, for every register of a machine
+    other = "https://logos.example.internal/resilience-policy.png"
+    result = runner.invoke(app, ["register"], env={"PREFECT_RESILIENCE_LOGO_URL": other})
+    assert result.exit_code == 0, result.output
+    assert _registered_logo() == other
+    # the class keeps its own default: the override was for that registration only
+    assert str(ResiliencePolicy._logo_url) == policy_blocks.DEFAULT_LOGO_URL
+
+
+@pytest.mark.parametrize("bad", ["data:image/png;base64,iVBORw0KGgo=", "logo.png", "ftp://x/y.png"])
+def test_register_refuses_a_logo_url_prefect_cannot_keep(bad: str) -> None:
+    # refused before any call to the API, so no server is needed
+    result = CliRunner().invoke(app, ["register", "--logo-url", bad])
+    assert result.exit_code == 1
+    assert f"logo URL: {bad!r} is not an http(s) URL" in result.output
+    assert "Traceback" not in result.output
