@@ -25,7 +25,7 @@ from pydantic import BaseModel, BeforeValidator, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from prefect_resilience import blocks, flow, policy, report, task
+from prefect_resilience import blocks, flow, policy, policy_documents, report, task
 
 OUTPUT = Path(__file__).with_name("reference.md")
 COMMAND = "python docs/_reference.py"
@@ -34,7 +34,7 @@ FUNCTIONS: list[Callable[..., Any]] = [
     task.resilient,
     flow.resilient_flow,
     flow.resilient_loop,
-    policy.load_policy,
+    policy_documents.load_policy,
     flow.current_health,
     report.get_report,
 ]
@@ -46,10 +46,10 @@ POLICY_MODELS = [
     policy.WorkflowPolicy,
 ]
 DOCUMENT_MODELS = [
-    policy.PolicyDocument,
-    policy.PolicyMetadata,
-    policy.StepsDocument,
-    policy.StepAnnotation,
+    policy_documents.PolicyDocument,
+    policy_documents.PolicyMetadata,
+    policy_documents.StepsDocument,
+    policy_documents.StepAnnotation,
 ]
 
 
@@ -184,7 +184,7 @@ def type_name(tp: Any, none: str = "null") -> str:
         return "callable"
     if origin is not None:
         return type_name(origin, none)
-    if tp is policy.PolicySpec:
+    if tp is policy_documents.PolicySpec:
         return "[WorkflowPolicy](#workflowpolicy) settings but `name`"
     if isinstance(tp, type) and tp.__name__ in DOCUMENTED:
         return f"[{tp.__name__}]({anchor(tp.__name__)})"
@@ -308,7 +308,7 @@ def rule_errors() -> list[str]:
         try:
             model.model_validate(data)
         except ValidationError as exc:
-            message = str(policy.config_error(exc))
+            message = str(policy_documents.config_error(exc))
         else:
             raise SystemExit(f"{model.__name__} accepts {data!r}: remove rule {label!r} from RULES")
         shown = label if len(str(data)) > 80 else f"{label}: {value(data)}"

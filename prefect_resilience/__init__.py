@@ -47,7 +47,7 @@ _EXPORTS: dict[str, str] = {
     "StepPolicy": "policy",
     "StepRule": "policy",
     "WorkflowPolicy": "policy",
-    "load_policy": "policy",
+    "load_policy": "policy_documents",
     "BusinessImpact": "report",
     "PartialSuccessResult": "report",
     "RunStatus": "report",
@@ -140,8 +140,8 @@ if TYPE_CHECKING:
         StepPolicy,
         StepRule,
         WorkflowPolicy,
-        load_policy,
     )
+    from prefect_resilience.policy_documents import load_policy
     from prefect_resilience.report import (
         BusinessImpact,
         PartialSuccessResult,

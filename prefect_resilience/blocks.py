@@ -27,9 +27,8 @@ from prefect_resilience.policy import (
     LearnedRetry,
     StepRule,
     WorkflowPolicy,
-    config_error,
-    load_policy,
 )
+from prefect_resilience.policy_documents import config_error, load_policy
 from prefect_resilience.versions import PolicyVersion, history, to_yaml, version_key
 
 __all__ = [

@@ -19,7 +19,8 @@ from rich.table import Table
 from prefect_resilience import fallbacks
 from prefect_resilience.cli_output import config_failure, console, errors, fail, talks_to_api
 from prefect_resilience.errors import ResilienceConfigError
-from prefect_resilience.policy import StepRule, WorkflowPolicy, load_policy
+from prefect_resilience.policy import StepRule, WorkflowPolicy
+from prefect_resilience.policy_documents import load_policy
 
 policy_app = typer.Typer(
     help="Check, show, apply and version workflow policies.", no_args_is_help=True

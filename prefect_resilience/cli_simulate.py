@@ -15,7 +15,7 @@ from prefect_resilience.policy import WorkflowPolicy
 def _policy(source: str) -> WorkflowPolicy:
     """A policy file (a path that exists, or ends in .yaml/.yml), else a block of that name."""
     from prefect_resilience.blocks import load_block_policy
-    from prefect_resilience.policy import load_policy
+    from prefect_resilience.policy_documents import load_policy
 
     if Path(source).exists() or source.endswith((".yaml", ".yml")):
         return load_policy(Path(source))

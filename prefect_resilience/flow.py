@@ -55,9 +55,8 @@ from prefect_resilience.policy import (
     FailureAction,
     FailurePolicy,
     WorkflowPolicy,
-    load_policy,
-    policy_from_mapping,
 )
+from prefect_resilience.policy_documents import load_policy, policy_from_mapping
 from prefect_resilience.report import (
     JOURNAL_SUFFIX,
     JournalRecord,

@@ -39,7 +39,8 @@ from prefect_resilience.fallbacks import offer
 from prefect_resilience.future import settle_later
 from prefect_resilience.health import SuccessRatio
 from prefect_resilience.logs import run_logger
-from prefect_resilience.policy import FailurePolicy, StepPolicy, config_error
+from prefect_resilience.policy import FailurePolicy, StepPolicy
+from prefect_resilience.policy_documents import config_error
 from prefect_resilience.scope import _observer, collect_outcomes
 from prefect_resilience.settle import StepCall, error_of, value_of
 

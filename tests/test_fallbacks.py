@@ -27,7 +27,7 @@ from prefect_resilience.fallbacks import (
     allow_fallback_imports,
     register_fallback,
 )
-from prefect_resilience.policy import load_policy
+from prefect_resilience.policy_documents import load_policy
 
 # each test starts with no registered names and no allowed imports (and leaves none)
 pytestmark = pytest.mark.usefixtures("clean_fallbacks")

@@ -284,7 +284,7 @@ def test_auto_retries_are_refused_where_nothing_is_learned() -> None:
     with pytest.raises(ResilienceConfigError, match="retries='auto' belongs in a workflow"):
         resilient(retries="auto")(lambda: None)
     with pytest.raises(ResilienceConfigError, match="auto_retries_min 5 is above"):
-        from prefect_resilience.policy import load_policy
+        from prefect_resilience.policy_documents import load_policy
 
         load_policy({"auto_retries_min": 5, "auto_retries_max": 1})
 

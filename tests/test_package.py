@@ -8,7 +8,16 @@ from pathlib import Path
 
 import prefect_resilience
 
-PURE = ["policy", "decision", "health", "errors", "circuit_state", "exception_names", "analytics"]
+PURE = [
+    "policy",
+    "policy_documents",
+    "decision",
+    "health",
+    "errors",
+    "circuit_state",
+    "exception_names",
+    "analytics",
+]
 
 
 def test_pure_modules_import_through_the_package_without_prefect() -> None:

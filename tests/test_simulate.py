@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prefect_resilience.policy import WorkflowPolicy, load_policy
+from prefect_resilience.policy import WorkflowPolicy
+from prefect_resilience.policy_documents import load_policy
 from prefect_resilience.simulate import compare_policies
 from tests.test_optimization import history
 
