@@ -103,7 +103,7 @@ def run_many(variant: dict[str, Any], tag: str, runs: int, workers: int, seed: i
 def observed(flow_name: str) -> tuple[dict[str, float], Any]:
     """The candidate metrics as the real runs show them (read back from the Prefect API),
     and the history they come from."""
-    from prefect_resilience.analytics.candidates import realised_metrics
+    from prefect_resilience.analytics.evidence import realised_metrics
     from prefect_resilience.history import load_history
 
     history = load_history(flow_name, refresh=True)
@@ -133,7 +133,7 @@ def paired_interval(
     """The realised gain's interval (or, not `relative`, the change after - before): the same
     run indices drawn, with replacement, from both sets of runs (each run with its baseline
     run, as their draws are common)."""
-    from prefect_resilience.analytics.candidates import realised_metrics, resample_runs
+    from prefect_resilience.analytics.evidence import realised_metrics, resample_runs
 
     b_index, a_index = _by_index(before), _by_index(after)
     common = sorted(set(b_index) & set(a_index))

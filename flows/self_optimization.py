@@ -26,7 +26,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from prefect_resilience import blocks, optimize
-from prefect_resilience.analytics.candidates import MIN_FLOW_RUNS, propose, realised_metrics
+from prefect_resilience.analytics.candidates import MIN_FLOW_RUNS, propose
+from prefect_resilience.analytics.evidence import realised_metrics
 from prefect_resilience.history import load_history, parse_since
 from prefect_resilience.report import artifact_key, create_artifact
 

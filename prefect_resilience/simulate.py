@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from prefect_resilience.analytics._common import FINISHED_STATES, state_types
-from prefect_resilience.analytics.candidates import MIN_FLOW_RUNS, resample_runs
+from prefect_resilience.analytics.candidates import MIN_FLOW_RUNS
+from prefect_resilience.analytics.evidence import resample_runs
 from prefect_resilience.analytics.model import Prediction, WorkflowModel, fit, simulate
 from prefect_resilience.policy import WorkflowPolicy
 

@@ -13,12 +13,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from prefect_resilience.analytics.candidates import (
-    MIN_FLOW_RUNS,
-    apply_patch,
-    propose,
-    realised_metrics,
-)
+from prefect_resilience.analytics.candidates import MIN_FLOW_RUNS, apply_patch, propose
+from prefect_resilience.analytics.evidence import realised_metrics
 from prefect_resilience.analytics.model import fit, simulate
 from prefect_resilience.history import FLOW_RUN_COLUMNS, REPORT_COLUMNS, TASK_RUN_COLUMNS
 from prefect_resilience.policy import FailurePolicy, StepPolicy, WorkflowPolicy

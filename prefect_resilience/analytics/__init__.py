@@ -4,7 +4,7 @@ The history module turns the Prefect API's task runs, flow runs and
 resilience reports into three frames; everything here reads only those
 frames (see each function for the columns it needs), so it is tested on
 synthetic data and never needs a server. It imports nothing from Prefect;
-of the package, only `model` and `candidates` import its pure `policy` and
+of the package, only `model`, `evidence` and `candidates` import its pure `policy` and
 `health` rules (a prediction judges simulated runs by the rules real runs
 use), and they are imported as submodules, not from here.
 
