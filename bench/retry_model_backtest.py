@@ -42,12 +42,12 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import markdown_table, show, write_section  # noqa: E402
 
-from prefect_resilience.analytics.retry_model import (  # noqa: E402
+from prefect_resilience.analytics.retry_choice import (  # noqa: E402
     LearnedRetries,
     backoff_delays,
     choose_retries,
-    fit_retry_models,
 )
+from prefect_resilience.analytics.retry_model import fit_retry_models  # noqa: E402
 
 T0 = pd.Timestamp("2026-01-01", tz="UTC")
 SPAN_S = 30 * 86400.0

@@ -206,7 +206,8 @@ def learn_retries(
     import numpy as np
 
     from prefect_resilience.analytics._common import durations
-    from prefect_resilience.analytics.retry_model import choose_retries, fit_retry_models
+    from prefect_resilience.analytics.retry_choice import choose_retries
+    from prefect_resilience.analytics.retry_model import fit_retry_models
     from prefect_resilience.policy import Backoff, LearnedRetry
 
     policy = load_block_policy(block)

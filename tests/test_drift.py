@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from prefect_resilience.analytics.drift import detect_drift
-from prefect_resilience.analytics.retry_model import choose_retries, fit_retry_models
+from prefect_resilience.analytics.retry_choice import choose_retries
+from prefect_resilience.analytics.retry_model import fit_retry_models
 
 T0 = pd.Timestamp("2026-05-04", tz="UTC")
 

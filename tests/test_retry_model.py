@@ -16,13 +16,8 @@ import pytest
 from scipy import optimize
 
 from prefect_resilience.analytics import retry_recovery
-from prefect_resilience.analytics.retry_model import (
-    ANY_ERROR,
-    LearnedRetries,
-    choose_retries,
-    fit_retry_models,
-    retry_hazards,
-)
+from prefect_resilience.analytics.retry_choice import LearnedRetries, choose_retries
+from prefect_resilience.analytics.retry_model import ANY_ERROR, fit_retry_models, retry_hazards
 from prefect_resilience.policy import Backoff
 from tests.standalone import run_standalone
 

@@ -30,7 +30,8 @@ from .patterns import (
     message_template,
     time_concentration,
 )
-from .retry_model import LearnedRetries, RetryChoice, RetryModel, choose_retries, fit_retry_models
+from .retry_choice import LearnedRetries, RetryChoice, choose_retries
+from .retry_model import RetryModel, fit_retry_models
 from .scaling import ScalingRecommendation, backtest_forecast, forecast_series, recommend_scaling
 from .statistics import retry_recovery, step_statistics
 from .trends import FailureTrend, detect_degradation, failure_trend

@@ -48,7 +48,8 @@ from prefect_resilience.policy import FailureImpact, FailurePolicy, StepPolicy, 
 from ._common import FAILED_STATES, FINISHED_STATES, durations, state_types, utc
 from .evidence import backtest_error, measurement_noise, resample_runs
 from .model import Prediction, StepModel, WorkflowModel, fit, simulate
-from .retry_model import choose_retries, fit_retry_models
+from .retry_choice import choose_retries
+from .retry_model import fit_retry_models
 
 MIN_FLOW_RUNS = 20
 """Fewer finished flow runs than this support no claim at all."""
