@@ -469,7 +469,7 @@ def upload_reports() -> None:
 
     Exit 1 if any stays behind; it is kept for the next try.
     """
-    from prefect_resilience.flow import upload_pending
+    from prefect_resilience.pending import upload_pending
     from prefect_resilience.report import pending_dir
 
     summary = upload_pending()

@@ -48,7 +48,7 @@ from prefect_resilience import (
     resilient_flow,
 )
 from prefect_resilience.cli import app
-from prefect_resilience.flow import upload_pending
+from prefect_resilience.pending import upload_pending
 from prefect_resilience.report import StepJournal, read_journal
 from tests.conftest import ROOT
 from tests.scenarios import Boom, fetch

@@ -212,7 +212,7 @@ def test_a_worker_killed_mid_run_leaves_a_crashed_run_with_its_report(
     from prefect.deployments import run_deployment
 
     from prefect_resilience import RunStatus, get_report
-    from prefect_resilience.flow import upload_pending
+    from prefect_resilience.pending import upload_pending
 
     hold = tmp_path / "ready.json"
     run = run_deployment(DEPLOYMENT, parameters={"seed": 1, "hold": str(hold)}, timeout=0)
