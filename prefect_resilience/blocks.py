@@ -218,7 +218,9 @@ def load_block_policy(name: str) -> WorkflowPolicy:
 
 def save_policy(name: str, policy: WorkflowPolicy, note: str = "saved") -> PolicyVersion:
     """Save a policy block (create or overwrite) and record the saved policy as a version."""
-    ResiliencePolicy.from_policy(policy).save(name, overwrite=True)
+    # the waiting call also from a running event loop (a notebook, an async app), where
+    # Prefect's dispatch would hand back a coroutine and save nothing
+    ResiliencePolicy.from_policy(policy).save(name, overwrite=True, _sync=True)  # type: ignore[call-arg]
     return versions.record(name, policy_document(policy), note)
 
 

@@ -283,7 +283,8 @@ class RunTracker(StepObserver):
         return None
 
     def _pause(self) -> None:
-        from prefect.flow_runs import pause_flow_run
+        from prefect.flow_runs import apause_flow_run
+        from prefect.utilities.asyncutils import run_coro_as_sync
 
         self._pause_due = False
         self._paused_for_dip = True
@@ -295,7 +296,11 @@ class RunTracker(StepObserver):
             self.pause_below,
         )
         try:
-            decision = pause_flow_run(wait_for_input=LowHealthDecision, timeout=self.pause_timeout)
+            # Prefect's own sync bridge: in an async flow this runs on the flow's event
+            # loop, where the dispatching pause_flow_run would hand back a coroutine
+            decision: LowHealthDecision = run_coro_as_sync(
+                apause_flow_run(wait_for_input=LowHealthDecision, timeout=self.pause_timeout)
+            )
         except FlowPauseTimeout:
             self.ledger.stop(
                 TerminationRule.LOW_HEALTH_PAUSE_TIMEOUT,

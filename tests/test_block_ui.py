@@ -230,3 +230,56 @@ def test_v2_form_edits_step_policies_item_by_item(browser_page, ui_server: Prefe
     assert (effective.critical, effective.timeout) == (True, 30.0)
     assert effective.backoff == declared.backoff
     assert policy.impact_weights == DEFAULT_IMPACT_WEIGHTS
+
+
+@pytest.mark.timeout(300)
+def test_a_policy_saved_unchanged_from_the_v2_edit_page_is_the_same_policy(
+    browser_page, ui_server: PrefectServer
+) -> None:
+    """The V2 form writes null for each optional setting a step policy leaves empty; a
+    save that changed nothing must leave the policy as it was, rule by rule."""
+    from playwright.sync_api import expect
+    from prefect.client.orchestration import get_client
+
+    from prefect_resilience import blocks
+    from prefect_resilience.policy_documents import load_policy
+
+    applied = load_policy(
+        {
+            "default_failure_policy": "continue",
+            "max_partial_failures": 3,
+            "step_policies": [
+                {"match": "load_*", "retries": 3, "backoff": {"initial": 2, "max": 30}},
+                {
+                    "match": "tag:api",
+                    "policy": "graceful_degradation",
+                    "fallbacks": ["cached"],
+                    "circuitBreaker": {"name": "api", "failureThreshold": 3},
+                    "timeout": 20,
+                },
+            ],
+        }
+    )
+    with ui_server.settings():
+        blocks.save_policy("from-a-file", applied)
+        with get_client(sync_client=True) as client:
+            document = client.read_block_document_by_name("from-a-file", "resilience-policy")
+
+    page = browser_page
+    page.goto(f"{ui_server.base_url}/v2/blocks/block/{document.id}/edit")
+    expect(page.get_by_label("Match", exact=True)).to_have_count(2)
+    page.get_by_role("button", name="Save", exact=True).click()
+    page.wait_for_url(f"**/blocks/block/{document.id}", timeout=60_000)
+
+    with ui_server.settings():
+        with get_client(sync_client=True) as client:
+            saved = client.read_block_document_by_name("from-a-file", "resilience-policy")
+        stored = saved.data["step_policies"]
+        reread = blocks.load_block_policy("from-a-file")
+    # the form did write the nulls; they are read as not given
+    assert any(value is None for rule in stored for value in rule.values())
+    assert reread.step_policies == applied.step_policies
+    assert [r.model_fields_set for r in reread.step_policies] == [
+        r.model_fields_set for r in applied.step_policies
+    ]
+    assert reread.model_dump(exclude={"name"}) == applied.model_dump(exclude={"name"})

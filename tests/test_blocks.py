@@ -78,6 +78,22 @@ def unique(name: str, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.mark.usefixtures("registered")
+def test_save_policy_saves_when_called_from_a_running_event_loop(
+    request: pytest.FixtureRequest,
+) -> None:
+    # a notebook cell, an async app: Prefect's dispatch would hand back a coroutine there
+    import asyncio
+
+    name = unique("loop", request)
+
+    async def in_a_loop() -> None:
+        policy_blocks.save_policy(name, WorkflowPolicy(max_partial_failures=5))
+
+    asyncio.run(in_a_loop())
+    assert policy_blocks.load_block_policy(name).max_partial_failures == 5
+
+
+@pytest.mark.usefixtures("registered")
 def test_save_load_update_history_diff_rollback(request: pytest.FixtureRequest) -> None:
     name = unique("rt", request)
     first = WorkflowPolicy(

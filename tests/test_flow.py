@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import Counter
@@ -372,6 +373,27 @@ def test_pause_on_low_health_then_abort() -> None:
     state = pausing_flow(run_ids)(return_state=True)
     assert state.is_failed()
     assert "low_health_aborted" in state.message
+
+
+def test_an_async_flow_pauses_on_low_health_as_a_sync_one_does() -> None:
+    # the pause is asked from the flow's event loop: Prefect's dispatch would hand back
+    # a coroutine there, so the run must ask for the call that waits
+    run_ids: list[Any] = []
+    thread = resume_when_paused(run_ids, "abort")
+
+    @resilient_flow(pause_below=0.6, pause_timeout=60, name="pausing-async")
+    async def pausing() -> list[str]:
+        run_ids.append(FlowRunContext.get().flow_run.id)
+        counted("pa-ok")
+        counted("pa-bad", fail=True)
+        counted("pa-next")
+        return ["finished"]
+
+    state = asyncio.run(pausing(return_state=True))
+    thread.join(timeout=5)
+    assert state.is_failed()
+    assert "low_health_aborted" in state.message
+    assert started["pa-next"] == 0
 
 
 def test_pause_on_low_health_times_out_as_abort() -> None:
