@@ -34,8 +34,8 @@ from prefect_resilience import (
     StepStatus,
     WorkflowPolicy,
 )
-from prefect_resilience.flow import RunTracker
 from prefect_resilience.health import HealthLedger
+from prefect_resilience.tracker import RunTracker
 
 # thresholds that are checked after every outcome but do not fire on this mix: a run
 # that was stopped would start no more steps, so 10,000 outcomes mean a live run

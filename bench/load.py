@@ -172,13 +172,13 @@ def drive(args: argparse.Namespace) -> None:
 
 def _time_report_calls() -> dict[str, list[float]]:
     """Time the call at the end of a resilient run that writes its report to the API
-    (`publish_or_keep`), wrapped in the flow module's namespace with a timer that
-    calls straight through."""
-    import prefect_resilience.flow as flow_module
+    (`publish_or_keep`), wrapped in the run tracker's module namespace with a timer
+    that calls straight through."""
+    import prefect_resilience.tracker as tracker_module
 
     timings: dict[str, list[float]] = {"publish_or_keep": []}
     for name, calls in timings.items():
-        original = getattr(flow_module, name)
+        original = getattr(tracker_module, name)
 
         def timed(*a: Any, _original: Any = original, _calls: Any = calls, **k: Any) -> Any:
             began = time.perf_counter()
@@ -187,7 +187,7 @@ def _time_report_calls() -> dict[str, list[float]]:
             finally:
                 _calls.append(time.perf_counter() - began)
 
-        setattr(flow_module, name, timed)
+        setattr(tracker_module, name, timed)
     return timings
 
 

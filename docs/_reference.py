@@ -25,7 +25,7 @@ from pydantic import BaseModel, BeforeValidator, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from prefect_resilience import blocks, flow, policy, policy_documents, report, task
+from prefect_resilience import blocks, flow, policy, policy_documents, report, task, tracker
 
 OUTPUT = Path(__file__).with_name("reference.md")
 COMMAND = "python docs/_reference.py"
@@ -35,7 +35,7 @@ FUNCTIONS: list[Callable[..., Any]] = [
     flow.resilient_flow,
     flow.resilient_loop,
     policy_documents.load_policy,
-    flow.current_health,
+    tracker.current_health,
     report.get_report,
 ]
 POLICY_MODELS = [

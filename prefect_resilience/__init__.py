@@ -30,9 +30,9 @@ _EXPORTS: dict[str, str] = {
     "allow_fallback_imports": "fallbacks",
     "register_fallback": "fallbacks",
     "LoopResult": "flow",
-    "LowHealthDecision": "flow",
-    "WorkflowTerminated": "flow",
-    "current_health": "flow",
+    "LowHealthDecision": "tracker",
+    "WorkflowTerminated": "tracker",
+    "current_health": "tracker",
     "resilient_flow": "flow",
     "resilient_loop": "flow",
     "StepOutcome": "health",
@@ -121,14 +121,7 @@ if TYPE_CHECKING:
         allow_fallback_imports,
         register_fallback,
     )
-    from prefect_resilience.flow import (
-        LoopResult,
-        LowHealthDecision,
-        WorkflowTerminated,
-        current_health,
-        resilient_flow,
-        resilient_loop,
-    )
+    from prefect_resilience.flow import LoopResult, resilient_flow, resilient_loop
     from prefect_resilience.future import ResilientFuture
     from prefect_resilience.health import StepOutcome, StepStatus, TerminationRule, WorkflowHealth
     from prefect_resilience.policy import (
@@ -150,3 +143,4 @@ if TYPE_CHECKING:
     )
     from prefect_resilience.scope import collect_outcomes
     from prefect_resilience.task import ResilientTask, resilient
+    from prefect_resilience.tracker import LowHealthDecision, WorkflowTerminated, current_health

@@ -51,9 +51,9 @@ from prefect_resilience import (
     load_policy,
 )
 from prefect_resilience.cli import app
-from prefect_resilience.flow import WorkflowTerminated
 from prefect_resilience.health import HealthLedger, StepOutcome
 from prefect_resilience.policy import DEFAULT_IMPACT_WEIGHTS, FailureAction, FailureImpact
+from prefect_resilience.tracker import WorkflowTerminated
 from tests.conftest import ROOT
 
 DOCS = ROOT / "docs"
