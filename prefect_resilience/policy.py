@@ -446,11 +446,16 @@ def _step_rule_schema(schema: dict[str, Any]) -> None:
     would make the rule override every setting of every step it matches.
     """
     properties = schema.get("properties", {})
-    for field in properties.values():
+    for name, field in properties.items():
         field.pop("default", None)
+        if name == "match":
+            continue
+        text = field.get("description", "")
         options = field.get("anyOf", [])
         if {"type": "null"} in options:
             options.sort(key=lambda option: option != {"type": "null"})
+            text = re.sub(r"(?:[;,]\s*|\.\s+)[Ee]mpty: [^.]*\.", ".", text)  # null: not set
+        field["description"] = f"{text} Not set: the decorator's.".strip()
     if "match" in properties:
         schema["properties"] = {"match": properties.pop("match"), **properties}
 

@@ -26,6 +26,7 @@ from tests.servers import PrefectServer, file_server, prefect_server
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = ROOT / "docs" / "img" / "resilience-policy-form.png"
+V2_SCREENSHOT = ROOT / "docs" / "img" / "resilience-policy-step-form-v2.png"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -215,6 +216,9 @@ def test_v2_form_edits_step_policies_item_by_item(browser_page, ui_server: Prefe
     _field(page, "Retries (Optional)").locator("input[type=number]").fill("2")
     # the weights are one number each, showing their defaults
     expect(_field(page, "Major (Optional)").locator("input")).to_have_value("0.6")
+    # the step policy as filled, for the user guide
+    page.set_viewport_size({"width": 1280, "height": 2600})
+    _field(page, "Step Policies (Optional)").screenshot(path=str(V2_SCREENSHOT))
 
     page.get_by_role("button", name="Save", exact=True).click()
     page.wait_for_url("**/blocks/block/**", timeout=60_000)

@@ -149,6 +149,10 @@ def test_a_step_rules_schema_offers_no_defaults_to_fill_in() -> None:
         options = field.get("anyOf", [])
         if {"type": "null"} in options:
             assert options[0] == {"type": "null"}, name
+            # the model's "empty: off" is the decorator's meaning; in a rule, empty is not set
+            assert "mpty:" not in field["description"], (name, field["description"])
+        if name != "match":
+            assert field["description"].endswith("Not set: the decorator's."), name
 
 
 def test_declared_policy_beats_workflow_default() -> None:
