@@ -469,8 +469,8 @@ def upload_reports() -> None:
 
     Exit 1 if any stays behind; it is kept for the next try.
     """
+    from prefect_resilience.local_store import pending_dir
     from prefect_resilience.pending import upload_pending
-    from prefect_resilience.report import pending_dir
 
     summary = upload_pending()
     for path, reason in summary.failed:

@@ -35,19 +35,13 @@ from prefect.states import Completed
 from prefect_resilience import fallbacks
 from prefect_resilience.blocks import load_block_policy
 from prefect_resilience.errors import ResilienceConfigError
+from prefect_resilience.local_store import StepJournal, journal_path, read_journal
 from prefect_resilience.pending import journal_report, publish_or_keep
 from prefect_resilience.policy import (
     WorkflowPolicy,
 )
 from prefect_resilience.policy_documents import load_policy, policy_from_mapping
-from prefect_resilience.report import (
-    LoopReport,
-    PolicyUsed,
-    RunStatus,
-    StepJournal,
-    journal_path,
-    read_journal,
-)
+from prefect_resilience.report import LoopReport, PolicyUsed, RunStatus
 from prefect_resilience.scope import current_observer, observing
 from prefect_resilience.task import ResilientTask, resilient
 from prefect_resilience.tracker import RunTracker, WorkflowTerminated, current_tracker

@@ -26,7 +26,8 @@ from uuid import UUID
 
 import pandas as pd
 
-from prefect_resilience.report import REPORT_TYPE, write_private
+from prefect_resilience.local_store import write_private
+from prefect_resilience.report import REPORT_TYPE
 
 logger = logging.getLogger("prefect_resilience.history")
 

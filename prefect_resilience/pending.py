@@ -15,17 +15,19 @@ from uuid import UUID
 
 from prefect.logging import get_logger
 
-from prefect_resilience.report import (
+from prefect_resilience.local_store import (
     JOURNAL_SUFFIX,
     JournalRecord,
-    PartialSuccessResult,
-    RunStatus,
-    get_report,
     keep_pending,
     pending_dir,
     pending_reports,
-    publish,
     read_journal,
+)
+from prefect_resilience.report import (
+    PartialSuccessResult,
+    RunStatus,
+    get_report,
+    publish,
     run_status,
 )
 

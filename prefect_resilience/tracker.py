@@ -28,6 +28,7 @@ from prefect_resilience.health import (
     TerminationRule,
     WorkflowHealth,
 )
+from prefect_resilience.local_store import StepJournal
 from prefect_resilience.logs import flow_run_log
 from prefect_resilience.pending import publish_or_keep
 from prefect_resilience.policy import FailureAction, FailurePolicy, WorkflowPolicy
@@ -36,7 +37,6 @@ from prefect_resilience.report import (
     PartialSuccessResult,
     PolicyUsed,
     RunStatus,
-    StepJournal,
     build_report,
     run_status,
 )

@@ -48,8 +48,8 @@ from prefect_resilience import (
     resilient_flow,
 )
 from prefect_resilience.cli import app
+from prefect_resilience.local_store import StepJournal, read_journal
 from prefect_resilience.pending import upload_pending
-from prefect_resilience.report import StepJournal, read_journal
 from tests.conftest import ROOT
 from tests.scenarios import Boom, fetch
 
@@ -597,7 +597,7 @@ def test_a_killed_process_nobody_reaped_counts_as_ended(tmp_path: Path) -> None:
     import socket
     import uuid
 
-    from prefect_resilience.report import JournalRecord
+    from prefect_resilience.local_store import JournalRecord
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     record = JournalRecord(

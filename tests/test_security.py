@@ -291,7 +291,8 @@ def test_files_the_package_writes_are_the_reviewed_ones() -> None:
                 writers.append(f"{path.name}:open({mode})")
     assert sorted(writers) == [
         "cli.py:html_file.write_text",  # the HTML report, at the path the user gave
-        "report.py:os.open",  # open_private: the history cache, pending reports, journals; 0600
+        # open_private: the history cache, pending reports, journals; 0600
+        "local_store.py:os.open",
     ]
 
 
@@ -303,14 +304,12 @@ def test_fallback_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
 
     from prefect_resilience import WorkflowPolicy
     from prefect_resilience.health import WorkflowHealth
+    from prefect_resilience.local_store import StepJournal, keep_pending, pending_dir
     from prefect_resilience.report import (
         BusinessImpact,
         ContinuityStatus,
         PartialSuccessResult,
         RunStatus,
-        StepJournal,
-        keep_pending,
-        pending_dir,
     )
 
     home = tmp_path / "home"
