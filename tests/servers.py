@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import tempfile
@@ -486,6 +487,19 @@ class _QuietFileHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
+def serving(server: socketserver.BaseServer) -> Iterator[None]:
+    """Run an in-process server (an `http.server` one) on a thread; stop and close it on exit."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
 def file_server(directory: Path) -> Iterator[str]:
     """A static HTTP server on 127.0.0.1 for the files of `directory`; yields its base URL.
 
@@ -495,11 +509,5 @@ def file_server(directory: Path) -> Iterator[str]:
     """
     handler = functools.partial(_QuietFileHandler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)

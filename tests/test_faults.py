@@ -24,7 +24,6 @@ import signal
 import stat
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -52,6 +51,7 @@ from prefect_resilience.local_store import StepJournal, read_journal
 from prefect_resilience.pending import upload_pending
 from tests.conftest import ROOT
 from tests.scenarios import Boom, fetch
+from tests.servers import serving
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -224,13 +224,10 @@ class _GatewayHandler(BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def _serving(failing: str, **options: Any) -> Iterator[_Gateway]:
     server = _Gateway(_api_url(), failing, **options)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield server
+        with serving(server):
+            yield server
     finally:
-        server.shutdown()
-        server.server_close()
         server.client.close()
 
 
